@@ -1,0 +1,37 @@
+# Two entry points on a fresh machine: `make serve` and `make test`.
+# Each creates (or reuses) its own virtualenv in .venv.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CONFIG ?=
+HOST ?=
+PORT ?=
+
+.PHONY: serve test venv clients lint
+
+$(STAMP): pyproject.toml
+	@echo "setting up $(VENV) (torch first, then the package; a few minutes on a new machine)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -U pip
+	@# torch and torchvision come from the pip index or this machine's wheel cache; pip only.
+	@$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	@$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+serve: venv
+	$(PY) -m localstability serve $(if $(CONFIG),--config $(CONFIG)) $(if $(HOST),--host $(HOST)) $(if $(PORT),--port $(PORT))
+
+clients:
+	@bash scripts/setup-clients.sh
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+test: venv clients lint
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)

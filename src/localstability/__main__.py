@@ -1,0 +1,5 @@
+"""`python -m localstability` runs the CLI."""
+
+from localstability.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""The HTTP front door (FastAPI). This layer never imports torch."""

@@ -1,0 +1,129 @@
+"""The FastAPI application: routes, error envelope, services, OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
+
+from localstability import __version__
+from localstability.api.deps import AppContext
+from localstability.api.errors import install_error_handlers
+from localstability.api.routes import engines, generation, user
+from localstability.config import Settings, load_settings
+from localstability.inference.devices import resolve_device, resolve_dtype
+from localstability.inference.loader import PipelineCache
+from localstability.inference.worker import InferenceWorker
+from localstability.protocol import GenerationResponse, TextToImageRequestBody
+from localstability.service.accounts import AccountService
+from localstability.service.generation import GenerationService
+from localstability.store.db import Database
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_KEY_FILE = "admin-key.txt"
+
+
+def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWorker]:
+    database = Database(settings.sqlalchemy_url)
+    device = resolve_device(settings.device)
+    pipelines = PipelineCache(device, resolve_dtype(settings.dtype, device), settings.offline)
+    worker = InferenceWorker()
+    context = AppContext(
+        settings=settings,
+        accounts=AccountService(database),
+        generation=GenerationService(settings, pipelines, worker),
+    )
+    return context, database, worker
+
+
+def bootstrap_key(context: AppContext) -> None:
+    """On an empty database, create a first key and write it (never log it) to the data dir."""
+    settings = context.settings
+    created = context.accounts.bootstrap(settings.bootstrap_credits)
+    if created is None:
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / BOOTSTRAP_KEY_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(created.key + "\n")
+    log.info(
+        "created the first API key",
+        extra={"key_file": str(path), "user_id": created.user_id, "org": created.organization_id},
+    )
+
+
+def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """FastAPI's schema plus the wire models that routes parse by hand."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(
+            title="localstability (Stability AI REST API v1)",
+            version=__version__,
+            routes=app.routes,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in (TextToImageRequestBody, GenerationResponse):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        app.openapi_schema = schema
+        return schema
+
+    return openapi
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI application for `settings` (default: from LOCALSTABILITY_CONFIG and env)."""
+    settings = settings or load_settings()
+    context, database, worker = build_context(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.bootstrap_key:
+            bootstrap_key(context)
+        log.info("ready", extra={"engines": [e.id for e in context.generation.engines()]})
+        yield
+        worker.shutdown()
+        database.dispose()
+
+    app = FastAPI(
+        title="localstability",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.context = context
+    install_error_handlers(app)
+    for router in (engines.router, user.router, generation.router):
+        app.include_router(router)
+    app.openapi = _openapi(app)  # type: ignore[method-assign]
+
+    @app.middleware("http")
+    async def log_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+        return response
+
+    return app

@@ -1,0 +1,97 @@
+"""Dependencies of the routes: the application context, authentication, Accept parsing."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Annotated, TypeVar
+
+from fastapi import Depends, Header, Request
+from pydantic import BaseModel
+
+from localstability import errors
+from localstability.config import Settings
+from localstability.service.accounts import AccountService
+from localstability.service.generation import GenerationService
+from localstability.store.accounts import Principal
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+@dataclass
+class AppContext:
+    """The services behind the routes, built once per application."""
+
+    settings: Settings
+    accounts: AccountService
+    generation: GenerationService
+
+
+def get_context(request: Request) -> AppContext:
+    context: AppContext = request.app.state.context
+    return context
+
+
+Context = Annotated[AppContext, Depends(get_context)]
+
+
+def authenticate(
+    context: Context,
+    authorization: Annotated[str | None, Header()] = None,
+    organization: Annotated[str | None, Header()] = None,
+) -> Principal:
+    """The caller, from a Bearer (or bare) API key; Organization picks who is billed."""
+    return context.accounts.authenticate(authorization, organization)
+
+
+def authenticate_user(
+    context: Context, authorization: Annotated[str | None, Header()] = None
+) -> Principal:
+    """For /v1/user/account, which takes no Organization header."""
+    return context.accounts.authenticate(authorization, None)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(authenticate)]
+CurrentUser = Annotated[Principal, Depends(authenticate_user)]
+
+
+def wants_png(accept: str | None) -> bool:
+    """image/png when the client prefers it; a missing Accept, */* or JSON give JSON."""
+    if not accept:
+        return False
+    ranked = []
+    for position, part in enumerate(accept.split(",")):
+        media, *params = (item.strip() for item in part.split(";"))
+        quality = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    quality = float(param[2:])
+                except ValueError:
+                    quality = 0.0
+        ranked.append((-quality, position, media.lower()))
+    ranked.sort()
+    for _, _, media in ranked:
+        if media == "image/png":
+            return True
+        if media in ("application/json", "*/*", "application/*"):
+            return False
+    return False
+
+
+async def parse_json_body(request: Request, model: type[ModelT]) -> ModelT:
+    """The body as `model`, read after authentication so a bad key is told first."""
+    content_type = request.headers.get("content-type", "application/json")
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise errors.BadRequest(
+            f"Content-Type must be application/json for this endpoint, not {media_type!r}"
+        )
+    raw = await request.body()
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise errors.BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise errors.BadRequest("the request body must be a JSON object")
+    return model.model_validate(payload)

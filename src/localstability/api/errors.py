@@ -1,0 +1,87 @@
+"""Every failure becomes the spec's {id, name, message} envelope; FastAPI's 422 never escapes."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from localstability import errors
+
+log = logging.getLogger(__name__)
+
+_STATUS_NAMES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    429: "rate_limited",
+}
+
+
+def envelope(
+    status: int,
+    name: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    error_id: str | None = None,
+) -> JSONResponse:
+    """The spec's error body; `id` is unique per occurrence."""
+    error_id = error_id or uuid.uuid4().hex
+    return JSONResponse(
+        status_code=status,
+        content={"id": error_id, "name": name, "message": message},
+        headers=headers,
+    )
+
+
+def describe_validation_errors(details: list[Any]) -> str:
+    """'text_prompts.0.text: Field required; steps: ...' from pydantic's error list."""
+    parts = []
+    for detail in details:
+        location = [str(p) for p in detail.get("loc", ()) if p not in ("body",)]
+        where = ".".join(location) or "body"
+        parts.append(f"{where}: {detail.get('msg', 'invalid value')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.ApiError)
+    async def api_error(_request: Request, exc: errors.ApiError) -> JSONResponse:
+        return envelope(exc.status, exc.name, exc.message, exc.headers or None)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return envelope(400, "bad_request", describe_validation_errors(list(exc.errors())))
+
+    @app.exception_handler(ValidationError)
+    async def model_validation(_request: Request, exc: ValidationError) -> JSONResponse:
+        return envelope(400, "bad_request", describe_validation_errors(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        name = _STATUS_NAMES.get(exc.status_code, "server_error")
+        return envelope(exc.status_code, name, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        error_id = uuid.uuid4().hex
+        log.error(
+            "unexpected server error",
+            exc_info=exc,
+            extra={"error_id": error_id, "path": request.url.path},
+        )
+        return envelope(
+            500,
+            "server_error",
+            "An unexpected server error occurred, please try again.",
+            error_id=error_id,
+        )

@@ -1,0 +1,77 @@
+"""POST /v1/generation/{engine_id}/text-to-image."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
+
+from localstability.api.deps import Context, CurrentPrincipal, parse_json_body, wants_png
+from localstability.protocol import GenerationResponse, Image, TextToImageRequestBody
+from localstability.service.generation import Artifact
+
+router = APIRouter(tags=["v1/generation"])
+
+_GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One artifact per sample (JSON), or the raw PNG with Accept: image/png",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/GenerationResponse"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+}
+
+
+def _json_body_schema(name: str) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+        }
+    }
+
+
+def artifacts_response(artifacts: list[Artifact], png: bool) -> Response:
+    """JSON {"artifacts": [...]} or, for Accept: image/png, the PNG with Seed and Finish-Reason."""
+    if png:
+        artifact = artifacts[0]
+        return Response(
+            content=artifact.png,
+            media_type="image/png",
+            headers={"Finish-Reason": artifact.finish_reason.value, "Seed": str(artifact.seed)},
+        )
+    body = GenerationResponse(
+        artifacts=[
+            Image(
+                base64=base64.b64encode(a.png).decode("ascii"),
+                seed=a.seed,
+                finishReason=a.finish_reason,
+            )
+            for a in artifacts
+        ]
+    )
+    return JSONResponse(body.model_dump(mode="json"))
+
+
+@router.post(
+    "/v1/generation/{engine_id}/text-to-image",
+    responses=_GENERATION_RESPONSES,
+    openapi_extra=_json_body_schema("TextToImageRequestBody"),
+    response_class=Response,
+)
+async def text_to_image(
+    engine_id: str,
+    request: Request,
+    context: Context,
+    _principal: CurrentPrincipal,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Generate images from text prompts."""
+    png = wants_png(accept)
+    context.generation.engine(engine_id)  # an unknown engine is a 404 before the body is read
+    body = await parse_json_body(request, TextToImageRequestBody)
+    artifacts = await context.generation.text_to_image(engine_id, body, png_response=png)
+    return artifacts_response(artifacts, png)

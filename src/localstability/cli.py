@@ -1,0 +1,153 @@
+"""The `localstability` command: serve, keys, models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from localstability.config import Settings, load_settings
+
+app = typer.Typer(help="A self-hosted Stability AI REST API v1 server.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+models_app = typer.Typer(help="Engine weights.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(models_app, name="models")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="TOML configuration file (or LOCALSTABILITY_CONFIG)."),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(f"no such configuration file: {exc.filename}") from None
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+) -> None:
+    """Run the API server."""
+    import uvicorn
+
+    from localstability.api.app import create_app
+    from localstability.logs import configure_logging
+
+    settings = _settings(config)
+    configure_logging(settings.log_level, settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    email: Annotated[str, typer.Option(help="The user's email; created if new.")],
+    credits: Annotated[float, typer.Option(help="Credits granted to the user's organization.")] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Create an API key and print it (the only time it is shown)."""
+    from localstability.service.accounts import AccountService
+    from localstability.store.db import Database
+
+    settings = _settings(config)
+    database = Database(settings.sqlalchemy_url)
+    try:
+        created = AccountService(database).create_user(email, credits)
+    finally:
+        database.dispose()
+    typer.echo(created.key)
+
+
+@models_app.command("list")
+def models_list(config: ConfigOption = None) -> None:
+    """Each engine, where its weights come from, and whether they are on this machine."""
+    from localstability.engines import CATALOGUE
+    from localstability.service.generation import weight_source
+
+    settings = _settings(config)
+    for engine in CATALOGUE.values():
+        engine_config = settings.engine_config(engine.id)
+        source = weight_source(settings, engine)
+        state = (
+            "disabled"
+            if not engine_config.enabled
+            else ("ready" if source.is_ready() else "not downloaded")
+        )
+        label = f"  ({engine_config.label})" if engine_config.label else ""
+        where = f"{source.kind}:{source.source}"
+        typer.echo(f"{engine.id:38} {engine.family.value:16} {state:15} {where}{label}")
+
+
+@models_app.command("pull")
+def models_pull(
+    engine_id: Annotated[str, typer.Argument(help="Engine id, e.g. stable-diffusion-v1-6.")],
+    config: ConfigOption = None,
+) -> None:
+    """Fetch an engine's weights ahead of time (shows download progress)."""
+    from localstability import errors
+    from localstability.engines import get_engine
+    from localstability.inference.loader import download
+    from localstability.service.generation import weight_source
+
+    settings = _settings(config)
+    try:
+        source = weight_source(settings, get_engine(engine_id))
+        path = download(source, settings.offline)
+    except errors.ApiError as exc:
+        typer.echo(exc.message, err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"{engine_id}: ready at {path}")
+
+
+TINY_ENGINES = {
+    "stable-diffusion-v1-6": "sd1",
+    "stable-diffusion-512-v2-1": "sd2",
+    "stable-diffusion-xl-1024-v1-0": "sdxl",
+    "stable-diffusion-xl-beta-v2-2-2": "sdxl",
+}
+
+
+def write_tiny_config(directory: Path, folders: dict[str, Path]) -> Path:
+    """DIR/localstability.toml pointing every diffusion engine at the tiny models."""
+    lines = [
+        "# TEST FIXTURES: tiny random-weight models that make noise images, not pictures.",
+        "# Written by `localstability models make-tiny`.",
+        'data_dir = "data"',
+        "offline = true",
+        "",
+    ]
+    for engine_id, family in TINY_ENGINES.items():
+        lines += [
+            f"[engines.{engine_id}]",
+            f'source = "{folders[family].resolve()}"',
+            'label = "tiny random-weight test fixture"',
+            "",
+        ]
+    path = directory / "localstability.toml"
+    path.write_text("\n".join(lines))
+    return path
+
+
+@models_app.command("make-tiny")
+def models_make_tiny(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the models into.")],
+) -> None:
+    """Build tiny random-weight TEST FIXTURES of every family, offline, and a config for them."""
+    from localstability.tiny import build_tiny_models
+
+    directory.mkdir(parents=True, exist_ok=True)
+    folders = build_tiny_models(directory, progress=lambda message: typer.echo(message))
+    config_path = write_tiny_config(directory, folders)
+    typer.echo(f"wrote {config_path}; run: localstability serve --config {config_path}")

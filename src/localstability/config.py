@@ -1,0 +1,115 @@
+"""Configuration, in one home: defaults < TOML file < LOCALSTABILITY_* environment variables.
+
+The TOML file is named by `--config` or LOCALSTABILITY_CONFIG. Relative paths inside it are
+resolved against the file's own folder.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_ENV = "LOCALSTABILITY_CONFIG"
+
+
+class EngineConfig(BaseModel):
+    """Where one engine's weights come from, and how to load them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str | None = Field(
+        None,
+        description="A Hugging Face repo id, a local diffusers folder, or a single "
+        ".safetensors/.ckpt file. Unset: the catalogue's default.",
+    )
+    config: str | None = Field(
+        None,
+        description="For a single-file source: a diffusers folder or repo id that holds the "
+        "component configs (needed offline).",
+    )
+    variant: str | None = Field(None, description="Weight variant to load, e.g. 'fp16'.")
+    label: str | None = Field(None, description="A note shown by `models list`.")
+    enabled: bool = True
+
+
+class Settings(BaseSettings):
+    """Every setting of a localstability deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LOCALSTABILITY_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    config_file: Path | None = Field(None, description="The TOML file these settings came from.")
+    data_dir: Path = Field(Path("data"), description="Database, caches and other state.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL. Unset: SQLite file in data_dir."
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', 'mps'...")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    offline: bool = Field(
+        False, description="Never contact the Hugging Face Hub; load weights from disk only."
+    )
+    log_level: str = "INFO"
+    log_json: bool = True
+    bootstrap_key: bool = Field(
+        True,
+        description="On first start with an empty database, create a user, an organization "
+        "and an API key and print the key once.",
+    )
+    bootstrap_credits: float = 1000.0
+    engines: dict[str, EngineConfig] = Field(default_factory=dict)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'localstability.db').resolve()}"
+
+    def engine_config(self, engine_id: str) -> EngineConfig:
+        return self.engines.get(engine_id, EngineConfig())
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the TOML file, which arrives as init arguments.
+        return env_settings, init_settings
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Resolve data_dir and local engine sources relative to the TOML file's folder."""
+    if "data_dir" in raw:
+        raw["data_dir"] = str((base / Path(raw["data_dir"]).expanduser()).resolve())
+    for engine in raw.get("engines", {}).values():
+        for key in ("source", "config"):
+            value = engine.get(key)
+            if isinstance(value, str) and value.startswith((".", "~")):
+                engine[key] = str((base / Path(value).expanduser()).resolve())
+    return raw
+
+
+def load_settings(config_file: Path | str | None = None) -> Settings:
+    """Settings from the TOML file (argument, else LOCALSTABILITY_CONFIG) and the environment."""
+    path = config_file or os.environ.get(CONFIG_ENV)
+    if not path:
+        return Settings()
+    file = Path(path).expanduser().resolve()
+    with file.open("rb") as handle:
+        raw = tomllib.load(handle)
+    raw = _resolve_paths(raw, file.parent)
+    return Settings(config_file=file, **raw)

@@ -1,0 +1,190 @@
+"""The engine catalogue: engine id -> family, default weights, size rules and default size.
+
+The dimension rules of the spec (section 5) live here, once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from localstability import errors
+from localstability.protocol import Engine, EngineType
+
+
+class Family(StrEnum):
+    SD1 = "sd1"
+    SD2 = "sd2"
+    SDXL = "sdxl"
+    ESRGAN = "esrgan"
+    LATENT_UPSCALER = "latent-upscaler"
+
+
+class Task(StrEnum):
+    TEXT_TO_IMAGE = "text-to-image"
+    IMAGE_TO_IMAGE = "image-to-image"
+    MASKING = "image-to-image/masking"
+    UPSCALE = "image-to-image/upscale"
+
+
+DIFFUSION_TASKS = frozenset({Task.TEXT_TO_IMAGE, Task.IMAGE_TO_IMAGE, Task.MASKING})
+
+SDXL_V1_SIZES: tuple[tuple[int, int], ...] = (
+    (1024, 1024),
+    (1152, 896),
+    (1216, 832),
+    (1344, 768),
+    (1536, 640),
+    (640, 1536),
+    (768, 1344),
+    (832, 1216),
+    (896, 1152),
+)
+
+SizeRule = Callable[[str, int, int], None]
+
+
+def _check_increments(width: int, height: int) -> None:
+    if width % 64 or height % 64 or width < 128 or height < 128:
+        raise errors.InvalidHeightOrWidth(
+            "Height and width must be specified in increments of 64 and be at least 128, "
+            f"but we received {width}x{height}"
+        )
+
+
+def sdxl_v1_rule(engine_id: str, width: int, height: int) -> None:
+    """SDXL 0.9/1.0: one of the nine trained sizes, given as width x height."""
+    if (width, height) not in SDXL_V1_SIZES:
+        allowed = ", ".join(f"{w}x{h}" for w, h in SDXL_V1_SIZES)
+        raise errors.InvalidSdxlV1Dimensions(
+            f"for {engine_id} the allowed dimensions are {allowed}, "
+            f"but we received {width}x{height}"
+        )
+
+
+def sdxl_v222_rule(engine_id: str, width: int, height: int) -> None:
+    """SDXL beta: between 128x128 and 512x896 (or 896x512); only one side may exceed 512."""
+    _check_increments(width, height)
+    if max(width, height) > 896 or min(width, height) > 512:
+        raise errors.InvalidSdxlV222Dimensions(
+            f"for {engine_id} the dimensions must be between 128x128 and 512x896 (or 896x512) "
+            f"and only one side may be greater than 512, but we received {width}x{height}"
+        )
+
+
+def sd16_rule(engine_id: str, width: int, height: int) -> None:
+    """SD 1.6: each side between 320 and 1536 (the spec names no error; we use the size one)."""
+    _check_increments(width, height)
+    if not (320 <= width <= 1536 and 320 <= height <= 1536):
+        raise errors.InvalidHeightOrWidth(
+            f"for {engine_id} the dimensions must be between 320x320 and 1536x1536, "
+            f"but we received {width}x{height}"
+        )
+
+
+def pixel_count_rule(low: int, high: int) -> SizeRule:
+    """The "512 engines" rule: low <= width * height <= high."""
+
+    def rule(engine_id: str, width: int, height: int) -> None:
+        _check_increments(width, height)
+        if not low <= width * height <= high:
+            raise errors.InvalidPixelCount(
+                f"for {engine_id} the pixel count (width x height) must be between {low:,} "
+                f"and {high:,}, but we received {width}x{height} = {width * height:,}"
+            )
+
+    return rule
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What the catalogue knows of one engine id."""
+
+    id: str
+    name: str
+    description: str
+    family: Family
+    tasks: frozenset[Task]
+    default_source: str
+    size_rule: SizeRule | None = None
+    default_width: int = 512
+    default_height: int = 512
+    type: EngineType = EngineType.PICTURE
+
+    def as_wire(self) -> Engine:
+        return Engine(id=self.id, name=self.name, description=self.description, type=self.type)
+
+    def check_size(self, width: int, height: int) -> None:
+        """Raise the spec's size error when width x height is not allowed for this engine."""
+        if self.size_rule is not None:
+            self.size_rule(self.id, width, height)
+
+
+CATALOGUE: dict[str, EngineSpec] = {
+    spec.id: spec
+    for spec in (
+        EngineSpec(
+            id="stable-diffusion-v1-6",
+            name="Stable Diffusion v1.6",
+            description="Stability-AI Stable Diffusion v1.6",
+            family=Family.SD1,
+            tasks=DIFFUSION_TASKS,
+            default_source="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            size_rule=sd16_rule,
+        ),
+        EngineSpec(
+            id="stable-diffusion-512-v2-1",
+            name="Stable Diffusion v2.1",
+            description="Stability-AI Stable Diffusion v2.1",
+            family=Family.SD2,
+            tasks=DIFFUSION_TASKS,
+            default_source="stabilityai/stable-diffusion-2-1-base",
+            size_rule=pixel_count_rule(262_144, 1_048_576),
+        ),
+        EngineSpec(
+            id="stable-diffusion-xl-1024-v1-0",
+            name="Stable Diffusion XL v1.0",
+            description="Stability-AI Stable Diffusion XL v1.0",
+            family=Family.SDXL,
+            tasks=DIFFUSION_TASKS,
+            default_source="stabilityai/stable-diffusion-xl-base-1.0",
+            size_rule=sdxl_v1_rule,
+            default_width=1024,
+            default_height=1024,
+        ),
+        EngineSpec(
+            id="stable-diffusion-xl-beta-v2-2-2",
+            name="Stable Diffusion v2.2.2-XL Beta",
+            description="Stability-AI Stable Diffusion XL Beta v2.2.2",
+            family=Family.SDXL,
+            tasks=DIFFUSION_TASKS,
+            default_source="stabilityai/stable-diffusion-xl-base-1.0",
+            size_rule=sdxl_v222_rule,
+        ),
+        EngineSpec(
+            id="esrgan-v1-x2plus",
+            name="Real-ESRGAN x2",
+            description="Real-ESRGAN_x2plus upscaler model",
+            family=Family.ESRGAN,
+            tasks=frozenset({Task.UPSCALE}),
+            default_source="ai-forever/Real-ESRGAN/RealESRGAN_x2.pth",
+        ),
+        EngineSpec(
+            id="stable-diffusion-x4-latent-upscaler",
+            name="Stable Diffusion x4 Latent Upscaler",
+            description="Stability-AI Stable Diffusion x4 latent upscaler",
+            family=Family.LATENT_UPSCALER,
+            tasks=frozenset({Task.UPSCALE}),
+            default_source="stabilityai/stable-diffusion-x4-upscaler",
+        ),
+    )
+}
+
+
+def get_engine(engine_id: str) -> EngineSpec:
+    """The catalogue entry for engine_id, or the spec's 404 not_found."""
+    try:
+        return CATALOGUE[engine_id]
+    except KeyError:
+        raise errors.NotFound(f"The specified engine (ID {engine_id}) was not found.") from None

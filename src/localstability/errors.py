@@ -1,0 +1,61 @@
+"""One hierarchy of errors; the api layer maps each to the spec's {id, name, message} envelope."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """An error a client sees: an HTTP status, the envelope's `name` and a human message."""
+
+    status: int = 500
+    name: str = "server_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status, name = 400, "bad_request"
+
+
+class InvalidSamples(BadRequest):
+    name = "invalid_samples"
+
+
+class InvalidHeightOrWidth(BadRequest):
+    name = "invalid_height_or_width"
+
+
+class InvalidPixelCount(BadRequest):
+    name = "invalid_pixel_count"
+
+
+class InvalidSdxlV1Dimensions(BadRequest):
+    name = "invalid_sdxl_v1_dimensions"
+
+
+class InvalidSdxlV222Dimensions(BadRequest):
+    name = "invalid_sdxl_v222_dimensions"
+
+
+class Unauthorized(ApiError):
+    status, name = 401, "unauthorized"
+
+
+class PermissionDenied(ApiError):
+    status, name = 403, "permission_denied"
+
+
+class NotFound(ApiError):
+    status, name = 404, "not_found"
+
+
+class EngineUnavailable(ApiError):
+    """The engine exists but its weights can't be loaded (extension: not in the hosted API)."""
+
+    status, name = 503, "engine_unavailable"
+
+
+class ServerError(ApiError):
+    status, name = 500, "server_error"

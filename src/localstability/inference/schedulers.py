@@ -1,0 +1,38 @@
+"""The v1 sampler names mapped to diffusers schedulers.
+
+A fresh scheduler is built per request from the pipeline's own scheduler config, so the shared
+pipeline is never mutated and the model's training settings (beta schedule, prediction type,
+timestep spacing) carry over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from localstability.protocol import Sampler
+
+DEFAULT_SAMPLER = Sampler.K_DPMPP_2M
+
+# (diffusers class name, extra config). K_DPMPP_2S_ANCESTRAL has no exact diffusers twin:
+# DPMSolverSinglestepScheduler is DPM-Solver++ 2S without the ancestral noise.
+SAMPLER_SCHEDULERS: dict[Sampler, tuple[str, dict[str, Any]]] = {
+    Sampler.DDIM: ("DDIMScheduler", {}),
+    Sampler.DDPM: ("DDPMScheduler", {}),
+    Sampler.K_DPMPP_2M: ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
+    Sampler.K_DPMPP_2S_ANCESTRAL: ("DPMSolverSinglestepScheduler", {"solver_order": 2}),
+    Sampler.K_DPM_2: ("KDPM2DiscreteScheduler", {}),
+    Sampler.K_DPM_2_ANCESTRAL: ("KDPM2AncestralDiscreteScheduler", {}),
+    Sampler.K_EULER: ("EulerDiscreteScheduler", {}),
+    Sampler.K_EULER_ANCESTRAL: ("EulerAncestralDiscreteScheduler", {}),
+    Sampler.K_HEUN: ("HeunDiscreteScheduler", {}),
+    Sampler.K_LMS: ("LMSDiscreteScheduler", {}),
+}
+
+
+def make_scheduler(sampler: Sampler | None, base_config: Any) -> Any:
+    """A new scheduler for `sampler` (default K_DPMPP_2M) built from a pipeline's config."""
+    import diffusers
+
+    class_name, overrides = SAMPLER_SCHEDULERS[sampler or DEFAULT_SAMPLER]
+    scheduler_class = getattr(diffusers, class_name)
+    return scheduler_class.from_config(base_config, **overrides)

@@ -1,0 +1,158 @@
+"""Wire models of the Stability AI REST API v1, named exactly as the spec names them.
+
+Nothing else in the package defines a field name of the wire.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+UINT32_MAX = 4_294_967_295
+
+
+class Sampler(StrEnum):
+    DDIM = "DDIM"
+    DDPM = "DDPM"
+    K_DPMPP_2M = "K_DPMPP_2M"
+    K_DPMPP_2S_ANCESTRAL = "K_DPMPP_2S_ANCESTRAL"
+    K_DPM_2 = "K_DPM_2"
+    K_DPM_2_ANCESTRAL = "K_DPM_2_ANCESTRAL"
+    K_EULER = "K_EULER"
+    K_EULER_ANCESTRAL = "K_EULER_ANCESTRAL"
+    K_HEUN = "K_HEUN"
+    K_LMS = "K_LMS"
+
+
+class ClipGuidancePreset(StrEnum):
+    FAST_BLUE = "FAST_BLUE"
+    FAST_GREEN = "FAST_GREEN"
+    NONE = "NONE"
+    SIMPLE = "SIMPLE"
+    SLOW = "SLOW"
+    SLOWER = "SLOWER"
+    SLOWEST = "SLOWEST"
+
+
+class StylePreset(StrEnum):
+    ENHANCE = "enhance"
+    ANIME = "anime"
+    PHOTOGRAPHIC = "photographic"
+    DIGITAL_ART = "digital-art"
+    COMIC_BOOK = "comic-book"
+    FANTASY_ART = "fantasy-art"
+    LINE_ART = "line-art"
+    ANALOG_FILM = "analog-film"
+    NEON_PUNK = "neon-punk"
+    ISOMETRIC = "isometric"
+    LOW_POLY = "low-poly"
+    ORIGAMI = "origami"
+    MODELING_COMPOUND = "modeling-compound"
+    CINEMATIC = "cinematic"
+    THREE_D_MODEL = "3d-model"
+    PIXEL_ART = "pixel-art"
+    TILE_TEXTURE = "tile-texture"
+
+
+class FinishReason(StrEnum):
+    SUCCESS = "SUCCESS"
+    ERROR = "ERROR"
+    CONTENT_FILTERED = "CONTENT_FILTERED"
+
+
+class EngineType(StrEnum):
+    AUDIO = "AUDIO"
+    CLASSIFICATION = "CLASSIFICATION"
+    PICTURE = "PICTURE"
+    STORAGE = "STORAGE"
+    TEXT = "TEXT"
+    VIDEO = "VIDEO"
+
+
+class _WireModel(BaseModel):
+    # NaN and infinities are never valid numbers on this wire; unknown keys are ignored.
+    model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
+
+
+class TextPrompt(_WireModel):
+    text: str = Field(max_length=2000, description="The prompt itself")
+    weight: float = Field(
+        1.0,
+        description="Weight of the prompt (use negative numbers for negative prompts). "
+        "Defaults to 1.0.",
+    )
+
+
+class GenerationRequestOptionalParams(_WireModel):
+    cfg_scale: float = Field(
+        7,
+        ge=0,
+        le=35,
+        description="How strictly the diffusion process adheres to the prompt text",
+    )
+    clip_guidance_preset: ClipGuidancePreset = ClipGuidancePreset.NONE
+    sampler: Sampler | None = Field(
+        None,
+        description="Which sampler to use for the diffusion process. "
+        "If omitted the server selects one (K_DPMPP_2M).",
+    )
+    samples: int = Field(1, ge=1, le=10, description="Number of images to generate")
+    seed: int = Field(
+        0, ge=0, le=UINT32_MAX, description="Random noise seed (omit or use 0 for a random seed)"
+    )
+    steps: int = Field(30, ge=10, le=50, description="Number of diffusion steps to run")
+    style_preset: StylePreset | None = None
+    extras: dict[str, Any] | None = Field(
+        None, description="Extra parameters passed to the engine (accepted, currently unused)"
+    )
+
+
+class TextToImageRequestBody(GenerationRequestOptionalParams):
+    text_prompts: list[TextPrompt] = Field(min_length=1)
+    height: int = Field(512, description="Height of the image to generate, in pixels")
+    width: int = Field(512, description="Width of the image to generate, in pixels")
+
+
+class Image(BaseModel):
+    """One artifact of a generation response (the spec's `Image` schema)."""
+
+    base64: str = Field(description="Image encoded in base64 (a PNG)")
+    finishReason: FinishReason
+    seed: int = Field(description="The seed associated with this image")
+
+
+class GenerationResponse(BaseModel):
+    artifacts: list[Image]
+
+
+class Engine(BaseModel):
+    id: str
+    name: str
+    description: str
+    type: EngineType
+
+
+class OrganizationMembership(BaseModel):
+    id: str
+    name: str
+    role: str
+    is_default: bool
+
+
+class AccountResponseBody(BaseModel):
+    id: str
+    email: str
+    profile_picture: str | None = None
+    organizations: list[OrganizationMembership]
+
+
+class BalanceResponseBody(BaseModel):
+    credits: float
+
+
+class Error(BaseModel):
+    id: str = Field(description="A unique identifier for this particular occurrence of the problem")
+    name: str = Field(description="The short-name of this class of errors e.g. `bad_request`")
+    message: str = Field(description="A human-readable explanation specific to this failure")

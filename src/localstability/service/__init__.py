@@ -1,0 +1,1 @@
+"""The use cases: the only layer that talks to both the store and the inference backend."""

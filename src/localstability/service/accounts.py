@@ -1,0 +1,63 @@
+"""Account use cases: authenticate a key, read the account and the balance, bootstrap."""
+
+from __future__ import annotations
+
+from localstability import errors
+from localstability.protocol import (
+    AccountResponseBody,
+    BalanceResponseBody,
+    OrganizationMembership,
+)
+from localstability.store import accounts
+from localstability.store.accounts import CreatedKey, Principal
+from localstability.store.db import Database
+
+
+class AccountService:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def authenticate(self, authorization: str | None, organization_id: str | None) -> Principal:
+        """Check an Authorization header ("Bearer KEY" or a bare key)."""
+        if not authorization or not authorization.strip():
+            raise errors.Unauthorized("missing authorization header")
+        scheme, _, rest = authorization.strip().partition(" ")
+        key = rest.strip() if scheme.lower() == "bearer" else authorization.strip()
+        if not key:
+            raise errors.Unauthorized("missing API key in the authorization header")
+        with self.database.session.begin() as session:
+            return accounts.authenticate(session, key, organization_id or None)
+
+    def account(self, principal: Principal) -> AccountResponseBody:
+        with self.database.session() as session:
+            user = accounts.get_user(session, principal.user_id)
+            return AccountResponseBody(
+                id=user.id,
+                email=user.email,
+                profile_picture=user.profile_picture,
+                organizations=[
+                    OrganizationMembership(
+                        id=m.organization.id,
+                        name=m.organization.name,
+                        role=m.role,
+                        is_default=m.is_default,
+                    )
+                    for m in user.memberships
+                ],
+            )
+
+    def balance(self, principal: Principal) -> BalanceResponseBody:
+        with self.database.session() as session:
+            org = accounts.get_organization(session, principal.organization_id)
+            return BalanceResponseBody(credits=org.credits)
+
+    def create_user(self, email: str, credits: float) -> CreatedKey:
+        with self.database.session.begin() as session:
+            return accounts.create_user(session, email, credits)
+
+    def bootstrap(self, credits: float) -> CreatedKey | None:
+        """On an empty database, a first user and key; None when keys exist already."""
+        with self.database.session() as session:
+            if accounts.count_keys(session):
+                return None
+        return self.create_user("admin@localstability.dev", credits)

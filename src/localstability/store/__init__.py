@@ -1,0 +1,1 @@
+"""Persistent state: users, organizations, API keys and balances (SQLAlchemy 2)."""

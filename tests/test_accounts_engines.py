@@ -1,0 +1,108 @@
+"""GET /v1/engines/list, /v1/user/account, /v1/user/balance and authentication, over HTTP."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import Server, run_cli
+
+ENGINE_IDS = [
+    "stable-diffusion-v1-6",
+    "stable-diffusion-512-v2-1",
+    "stable-diffusion-xl-1024-v1-0",
+    "stable-diffusion-xl-beta-v2-2-2",
+    "esrgan-v1-x2plus",
+    "stable-diffusion-x4-latent-upscaler",
+]
+
+
+def assert_envelope(response: httpx.Response, status: int, name: str) -> dict[str, str]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"id", "name", "message"}, body
+    assert body["name"] == name, body
+    assert body["id"] and body["message"]
+    return body
+
+
+def test_engines_list(client: httpx.Client) -> None:
+    response = client.get("/v1/engines/list")
+    assert response.status_code == 200
+    engines = response.json()
+    assert [e["id"] for e in engines] == ENGINE_IDS
+    for engine in engines:
+        assert set(engine) == {"id", "name", "description", "type"}
+        assert engine["type"] == "PICTURE"
+    by_id = {e["id"]: e for e in engines}
+    assert by_id["stable-diffusion-xl-1024-v1-0"]["name"] == "Stable Diffusion XL v1.0"
+    assert by_id["esrgan-v1-x2plus"]["description"] == "Real-ESRGAN_x2plus upscaler model"
+
+
+def test_account_and_balance(client: httpx.Client) -> None:
+    account = client.get("/v1/user/account").json()
+    assert account["id"].startswith("user-")
+    assert "@" in account["email"]
+    assert len(account["organizations"]) == 1
+    org = account["organizations"][0]
+    assert set(org) == {"id", "name", "role", "is_default"}
+    assert org["is_default"] is True
+    balance = client.get("/v1/user/balance").json()
+    assert balance == {"credits": pytest.approx(1000.0)}
+
+
+@pytest.mark.parametrize("path", ["/v1/engines/list", "/v1/user/account", "/v1/user/balance"])
+def test_missing_or_bad_key_is_401(server: Server, path: str) -> None:
+    missing = httpx.get(server.base_url + path)
+    body = assert_envelope(missing, 401, "unauthorized")
+    assert body["message"] == "missing authorization header"
+    bad = httpx.get(server.base_url + path, headers={"Authorization": "Bearer sk-not-a-key"})
+    assert_envelope(bad, 401, "unauthorized")
+    empty = httpx.get(server.base_url + path, headers={"Authorization": "Bearer"})
+    assert_envelope(empty, 401, "unauthorized")
+
+
+def test_bare_key_and_lowercase_bearer_accepted(server: Server) -> None:
+    for header in (server.key, f"bearer {server.key}", f"Bearer   {server.key}"):
+        response = httpx.get(
+            server.base_url + "/v1/user/balance", headers={"Authorization": header}
+        )
+        assert response.status_code == 200, header
+
+
+def test_keys_create_and_organization_header(server: Server) -> None:
+    created = run_cli(
+        "keys",
+        "create",
+        "--email",
+        "bob@example.com",
+        "--credits",
+        "12.5",
+        "--config",
+        str(server.config),
+    )
+    bob_key = created.stdout.strip().splitlines()[-1]
+    assert bob_key.startswith("sk-")
+    bob = {"Authorization": f"Bearer {bob_key}"}
+    assert httpx.get(server.base_url + "/v1/user/balance", headers=bob).json() == {"credits": 12.5}
+    bob_org = httpx.get(server.base_url + "/v1/user/account", headers=bob).json()["organizations"][
+        0
+    ]["id"]
+    # Bob may name his own organization, not the admin's; the admin may not name Bob's.
+    own = httpx.get(server.base_url + "/v1/user/balance", headers={**bob, "Organization": bob_org})
+    assert own.json() == {"credits": 12.5}
+    with server.client(Organization=bob_org) as admin:
+        assert_envelope(admin.get("/v1/user/balance"), 403, "permission_denied")
+        assert_envelope(admin.get("/v1/engines/list"), 403, "permission_denied")
+        denied = admin.post("/v1/generation/stable-diffusion-v1-6/text-to-image", json={})
+        assert_envelope(denied, 403, "permission_denied")
+    # The key is stored hashed: it never appears in the database file.
+    database = (server.config.parent / "data" / "localstability.db").read_bytes()
+    assert bob_key.encode() not in database
+    assert server.key.encode() not in database
+    assert bob_key not in server.logs()
+
+
+def test_unknown_route_gets_envelope(client: httpx.Client) -> None:
+    assert_envelope(client.get("/v1/nothing-here"), 404, "not_found")
+    assert_envelope(client.delete("/v1/engines/list"), 405, "method_not_allowed")
