@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import httpx
 import pytest
 
@@ -17,7 +19,19 @@ ENGINE_IDS = [
 ]
 
 
-def assert_envelope(response: httpx.Response, status: int, name: str) -> dict[str, str]:
+class AnyResponse(Protocol):
+    """An httpx response, or a TestClient one."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def text(self) -> str: ...
+
+    def json(self) -> Any: ...
+
+
+def assert_envelope(response: AnyResponse, status: int, name: str) -> dict[str, str]:
     assert response.status_code == status, response.text
     body = response.json()
     assert set(body) == {"id", "name", "message"}, body

@@ -1,0 +1,67 @@
+"""The command line: models list / pull / make-tiny, keys create."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from localstability.tiny import FAMILIES
+from tests.conftest import run_cli
+
+
+def test_make_tiny_writes_labelled_fixtures_and_config(tiny_dir: Path) -> None:
+    for family in FAMILIES:
+        folder = tiny_dir / family
+        assert (folder / "model_index.json").is_file()
+        assert "TEST FIXTURE" in (folder / "LOCALSTABILITY_TEST_FIXTURE.txt").read_text()
+    config = (tiny_dir / "localstability.toml").read_text()
+    assert "TEST FIXTURES" in config
+    for engine_id in (
+        "stable-diffusion-v1-6",
+        "stable-diffusion-512-v2-1",
+        "stable-diffusion-xl-1024-v1-0",
+        "stable-diffusion-xl-beta-v2-2-2",
+    ):
+        assert f"[engines.{engine_id}]" in config
+
+
+def test_models_list_shows_readiness(tiny_dir: Path) -> None:
+    output = run_cli("models", "list", "--config", str(tiny_dir / "localstability.toml")).stdout
+    lines = {line.split()[0]: line for line in output.splitlines()}
+    assert len(lines) == 6
+    assert "ready" in lines["stable-diffusion-v1-6"]
+    assert "tiny random-weight test fixture" in lines["stable-diffusion-v1-6"]
+    assert "not downloaded" in lines["esrgan-v1-x2plus"]
+    default = run_cli("models", "list", LOCALSTABILITY_DATA_DIR="/tmp/unused").stdout
+    assert "stabilityai/stable-diffusion-xl-base-1.0" in default
+
+
+def test_models_pull(tiny_dir: Path) -> None:
+    config = str(tiny_dir / "localstability.toml")
+    ready = run_cli("models", "pull", "stable-diffusion-v1-6", "--config", config)
+    assert "stable-diffusion-v1-6: ready" in ready.stdout
+    # Offline, a hub engine can't be fetched: a clear message, exit 1, no traceback.
+    failed = run_cli("models", "pull", "stable-diffusion-x4-latent-upscaler", check=False)
+    assert failed.returncode == 1
+    assert "stable-diffusion-x4-latent-upscaler is not available" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    unknown = run_cli("models", "pull", "no-such-engine", check=False)
+    assert unknown.returncode == 1
+    assert "was not found" in unknown.stderr
+
+
+def test_keys_create_prints_only_the_key(tmp_path: Path) -> None:
+    result = run_cli(
+        "keys",
+        "create",
+        "--email",
+        "carol@example.com",
+        "--credits",
+        "5",
+        LOCALSTABILITY_DATA_DIR=str(tmp_path),
+    )
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sk-")
+    again = run_cli(
+        "keys", "create", "--email", "carol@example.com", LOCALSTABILITY_DATA_DIR=str(tmp_path)
+    )
+    assert again.stdout.strip() != lines[0]
