@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import json
+import threading
+import time
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from tests.conftest import Server
 from tests.helpers import artifact_image, pixels, png_image, t2i_body
 
 SD1 = "/v1/generation/stable-diffusion-v1-6/text-to-image"
@@ -199,3 +203,47 @@ def test_sdxl_sizes(client: httpx.Client) -> None:
     assert artifact_image(wide).size == (1216, 832)
     beta = generate(client, SDXL_BETA, seed=6, width=896, height=512, samples=2)
     assert [artifact_image(a).size for a in beta] == [(896, 512), (896, 512)]
+
+
+def test_event_loop_serves_while_a_generation_runs(server: Server) -> None:
+    """Inference runs off the event loop: other requests are answered while it denoises."""
+    results: dict[str, int] = {}
+
+    def long_generation() -> None:
+        with server.client() as http:
+            body = t2i_body(steps=50, seed=1, samples=2)
+            results["generation"] = http.post(SDXL, json=body).status_code
+
+    worker = threading.Thread(target=long_generation)
+    worker.start()
+    try:
+        time.sleep(1.0)  # let the generation be admitted and start denoising
+        with server.client() as http:
+            answered = [
+                http.get("/v1/engines/list").status_code,
+                http.get("/v1/user/balance").status_code,
+            ]
+        # Had the loop been blocked, these answers would only come after the generation.
+        still_running = worker.is_alive()
+    finally:
+        worker.join()
+    assert answered == [200, 200]
+    assert still_running, "the cheap requests were answered only after the generation"
+    assert results["generation"] == 200
+
+
+def test_pipelines_load_once_and_engines_with_one_source_share_it(
+    client: httpx.Client, server: Server
+) -> None:
+    for _ in range(2):
+        generate(client, seed=2)
+        generate(client, SDXL_BETA, seed=2, width=256, height=256)
+        generate(client, SDXL, seed=2)
+    loads = [
+        json.loads(line)
+        for line in server.logs().splitlines()
+        if line.startswith("{") and '"loading weights"' in line
+    ]
+    sources = [entry["source"] for entry in loads]
+    assert len(sources) == len(set(sources)), sources
+    assert sum(source.endswith("/sdxl") for source in sources) == 1
