@@ -32,3 +32,39 @@ def t2i_body(**fields: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"text_prompts": [{"text": "a lighthouse on a cliff"}], "steps": 10}
     body.update(fields)
     return body
+
+
+def sample_picture(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    """A deterministic picture with gradients and shapes (not noise), in `mode`."""
+    from PIL import ImageDraw
+
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    rgb = np.stack(
+        [
+            np.broadcast_to(x, (height, width)),
+            np.broadcast_to(y, (height, width)),
+            np.full((height, width), 96, np.float32),
+        ],
+        axis=-1,
+    ).astype(np.uint8)
+    image = Image.fromarray(rgb, "RGB")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((width // 4, height // 4, width // 2, height // 2), fill=(220, 40, 40))
+    draw.rectangle((width // 2, height // 2, 3 * width // 4, 7 * height // 8), fill=(20, 20, 200))
+    return image.convert(mode)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def prompt_fields(*prompts: tuple[str, float], start: int = 0) -> dict[str, str]:
+    """Multipart text fields text_prompts[i][text] / [weight] as clients send them."""
+    fields: dict[str, str] = {}
+    for offset, (text, weight) in enumerate(prompts):
+        fields[f"text_prompts[{start + offset}][text]"] = text
+        fields[f"text_prompts[{start + offset}][weight]"] = str(weight)
+    return fields

@@ -33,6 +33,11 @@ class EngineConfig(BaseModel):
         "component configs (needed offline).",
     )
     variant: str | None = Field(None, description="Weight variant to load, e.g. 'fp16'.")
+    inpainting_source: str | None = Field(
+        None,
+        description="A dedicated inpainting checkpoint (9-channel UNet) for masking; unset: "
+        "masking uses the engine's own weights.",
+    )
     label: str | None = Field(None, description="A note shown by `models list`.")
     enabled: bool = True
 
@@ -64,6 +69,10 @@ class Settings(BaseSettings):
         "and an API key and print the key once.",
     )
     bootstrap_credits: float = 1000.0
+    max_upload_bytes: int = Field(10 * 1024 * 1024, description="Largest accepted image file.")
+    max_upload_pixels: int = Field(
+        4096 * 4096, description="Largest accepted image, in pixels (decompression bombs)."
+    )
     engines: dict[str, EngineConfig] = Field(default_factory=dict)
 
     @field_validator("data_dir")
@@ -96,7 +105,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     if "data_dir" in raw:
         raw["data_dir"] = str((base / Path(raw["data_dir"]).expanduser()).resolve())
     for engine in raw.get("engines", {}).values():
-        for key in ("source", "config"):
+        for key in ("source", "config", "inpainting_source"):
             value = engine.get(key)
             if isinstance(value, str) and value.startswith((".", "~")):
                 engine[key] = str((base / Path(value).expanduser()).resolve())

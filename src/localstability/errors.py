@@ -59,3 +59,19 @@ class EngineUnavailable(ApiError):
 
 class ServerError(ApiError):
     status, name = 500, "server_error"
+
+
+class InvalidFileSize(BadRequest):
+    name = "invalid_file_size"
+
+
+class InvalidMimeType(BadRequest):
+    name = "invalid_mime_type"
+
+
+class InvalidImageDimensions(BadRequest):
+    name = "invalid_image_dimensions"
+
+
+class InvalidMaskImage(BadRequest):
+    name = "invalid_mask_image"

@@ -156,3 +156,48 @@ class Error(BaseModel):
     id: str = Field(description="A unique identifier for this particular occurrence of the problem")
     name: str = Field(description="The short-name of this class of errors e.g. `bad_request`")
     message: str = Field(description="A human-readable explanation specific to this failure")
+
+
+class InitImageMode(StrEnum):
+    IMAGE_STRENGTH = "IMAGE_STRENGTH"
+    STEP_SCHEDULE = "STEP_SCHEDULE"
+
+
+class MaskSource(StrEnum):
+    MASK_IMAGE_WHITE = "MASK_IMAGE_WHITE"
+    MASK_IMAGE_BLACK = "MASK_IMAGE_BLACK"
+    INIT_IMAGE_ALPHA = "INIT_IMAGE_ALPHA"
+
+
+class ImageToImageRequestBody(GenerationRequestOptionalParams):
+    """The multipart fields of image-to-image other than the `init_image` file part."""
+
+    text_prompts: list[TextPrompt] = Field(min_length=1)
+    init_image_mode: InitImageMode = InitImageMode.IMAGE_STRENGTH
+    image_strength: float = Field(
+        0.35, ge=0, le=1, description="How much the init_image shapes the result (1 keeps it)"
+    )
+    step_schedule_start: float = Field(
+        0.65, ge=0, le=1, description="Skips a proportion of the start of the diffusion steps"
+    )
+    step_schedule_end: float | None = Field(
+        None, ge=0, le=1, description="Skips a proportion of the end of the diffusion steps"
+    )
+
+
+class MaskingRequestBody(GenerationRequestOptionalParams):
+    """The multipart fields of masking other than the `init_image` / `mask_image` parts."""
+
+    text_prompts: list[TextPrompt] = Field(min_length=1)
+    mask_source: MaskSource
+
+
+class UpscaleRequestBody(_WireModel):
+    """The multipart fields of upscale other than the `image` part (latent upscaler: all)."""
+
+    width: int | None = Field(None, ge=512, description="Desired width of the output image")
+    height: int | None = Field(None, ge=512, description="Desired height of the output image")
+    text_prompts: list[TextPrompt] | None = None
+    seed: int = Field(0, ge=0, le=UINT32_MAX)
+    steps: int = Field(30, ge=10, le=50)
+    cfg_scale: float = Field(7, ge=0, le=35)

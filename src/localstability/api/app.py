@@ -20,7 +20,13 @@ from localstability.config import Settings, load_settings
 from localstability.inference.devices import resolve_device, resolve_dtype
 from localstability.inference.loader import PipelineCache
 from localstability.inference.worker import InferenceWorker
-from localstability.protocol import GenerationResponse, TextToImageRequestBody
+from localstability.protocol import (
+    GenerationResponse,
+    ImageToImageRequestBody,
+    MaskingRequestBody,
+    TextToImageRequestBody,
+    UpscaleRequestBody,
+)
 from localstability.service.accounts import AccountService
 from localstability.service.generation import GenerationService
 from localstability.store.db import Database
@@ -72,7 +78,13 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             routes=app.routes,
         )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
-        for model in (TextToImageRequestBody, GenerationResponse):
+        for model in (
+            TextToImageRequestBody,
+            ImageToImageRequestBody,
+            MaskingRequestBody,
+            UpscaleRequestBody,
+            GenerationResponse,
+        ):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model_schema.pop("$defs", {}))
             components[model.__name__] = model_schema

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,16 @@ log = logging.getLogger(__name__)
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
-PIPELINE_CLASSES: dict[Family, str] = {
-    Family.SD1: "StableDiffusionPipeline",
-    Family.SD2: "StableDiffusionPipeline",
-    Family.SDXL: "StableDiffusionXLPipeline",
+# (family, pipeline role) -> diffusers class. "base" is what an engine loads; a dedicated
+# inpainting checkpoint loads as "inpaint".
+PIPELINE_CLASSES: dict[tuple[Family, str], str] = {
+    (Family.SD1, "base"): "StableDiffusionPipeline",
+    (Family.SD2, "base"): "StableDiffusionPipeline",
+    (Family.SDXL, "base"): "StableDiffusionXLPipeline",
+    (Family.SD1, "inpaint"): "StableDiffusionInpaintPipeline",
+    (Family.SD2, "inpaint"): "StableDiffusionInpaintPipeline",
+    (Family.SDXL, "inpaint"): "StableDiffusionXLInpaintPipeline",
+    (Family.LATENT_UPSCALER, "base"): "StableDiffusionUpscalePipeline",
 }
 
 
@@ -33,6 +40,7 @@ class WeightSource:
     source: str
     config: str | None = None
     variant: str | None = None
+    role: str = "base"
 
     @property
     def kind(self) -> str:
@@ -47,8 +55,8 @@ class WeightSource:
         return "hub"
 
     @property
-    def cache_key(self) -> tuple[str, str, str | None, str | None]:
-        return (self.family.value, self.source, self.config, self.variant)
+    def cache_key(self) -> tuple[str, ...]:
+        return (self.family, self.source, self.config or "", self.variant or "", self.role)
 
     def is_ready(self) -> bool:
         """Whether the weights are on this machine (a local path, or in the Hub cache)."""
@@ -80,9 +88,9 @@ def load_pipeline(source: WeightSource, device: str, dtype: Any, offline: bool) 
     """Load the family's text-to-image pipeline from `source` onto `device`."""
     import diffusers
 
-    class_name = PIPELINE_CLASSES.get(source.family)
+    class_name = PIPELINE_CLASSES.get((source.family, source.role))
     if class_name is None:
-        raise unavailable(source, f"family {source.family} has no diffusion pipeline")
+        raise unavailable(source, f"family {source.family} has no {source.role} pipeline")
     pipeline_class = getattr(diffusers, class_name)
     kind = source.kind
     log.info("loading weights", extra={"engine_id": source.engine_id, "source": source.source})
@@ -146,18 +154,24 @@ class PipelineCache:
         self.device = device
         self.dtype = dtype
         self.offline = offline
-        self._pipelines: dict[tuple[str, str, str | None, str | None], Any] = {}
+        self._pipelines: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
-        self._key_locks: dict[tuple[str, str, str | None, str | None], threading.Lock] = {}
+        self._key_locks: dict[tuple[str, ...], threading.Lock] = {}
 
     def get(self, source: WeightSource) -> Any:
         """The pipeline for `source`, loading it on first use (other callers wait for it)."""
+        return self.get_or_load(
+            source, lambda: load_pipeline(source, self.device, self.dtype, self.offline)
+        )
+
+    def get_or_load(self, source: WeightSource, load: Callable[[], Any]) -> Any:
+        """The cached model for `source`, or `load()` once under a per-source lock."""
         key = source.cache_key
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
         with key_lock:
             if key not in self._pipelines:
-                self._pipelines[key] = load_pipeline(source, self.device, self.dtype, self.offline)
+                self._pipelines[key] = load()
             return self._pipelines[key]
 
     def loaded(self) -> int:

@@ -4,16 +4,29 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from PIL import Image as PILImage
 
 from localstability import errors
 from localstability.config import Settings
 from localstability.engines import CATALOGUE, EngineSpec, Task, get_engine
+from localstability.inference import diffusion
 from localstability.inference.loader import PipelineCache, WeightSource
-from localstability.inference.text_to_image import TextToImageParams, run_text_to_image
 from localstability.inference.worker import InferenceWorker
-from localstability.protocol import FinishReason, TextToImageRequestBody
+from localstability.protocol import (
+    FinishReason,
+    GenerationRequestOptionalParams,
+    ImageToImageRequestBody,
+    InitImageMode,
+    MaskingRequestBody,
+    MaskSource,
+    TextPrompt,
+    TextToImageRequestBody,
+)
+from localstability.service.images import decode_upload
 from localstability.service.prompts import weighted_prompts
 from localstability.service.seeds import sample_seeds
 
@@ -35,20 +48,44 @@ def encode_png(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def weight_source(settings: Settings, engine: EngineSpec) -> WeightSource:
+def to_artifacts(images: list[diffusion.GeneratedImage]) -> list[Artifact]:
+    return [
+        Artifact(
+            png=encode_png(generated.image),
+            seed=generated.seed,
+            finish_reason=FinishReason.CONTENT_FILTERED if generated.nsfw else FinishReason.SUCCESS,
+        )
+        for generated in images
+    ]
+
+
+def weight_source(settings: Settings, engine: EngineSpec, role: str = "base") -> WeightSource:
     """The configured weight source of an engine (the catalogue default unless overridden)."""
     config = settings.engine_config(engine.id)
+    source = config.source or engine.default_source
+    if role == "inpaint":
+        if not config.inpainting_source:
+            raise ValueError(f"engine {engine.id} has no dedicated inpainting checkpoint")
+        source = config.inpainting_source
     return WeightSource(
         engine_id=engine.id,
         family=engine.family,
-        source=config.source or engine.default_source,
+        source=source,
         config=config.config,
         variant=config.variant,
+        role=role,
     )
 
 
+def required_file(files: dict[str, bytes], name: str) -> bytes:
+    try:
+        return files[name]
+    except KeyError:
+        raise errors.BadRequest(f"{name}: is required") from None
+
+
 class GenerationService:
-    """Text-to-image (and, later, image-to-image, masking, upscale) for the front doors."""
+    """Text-to-image, image-to-image, masking and upscale for the front doors."""
 
     def __init__(self, settings: Settings, pipelines: PipelineCache, worker: InferenceWorker):
         self.settings = settings
@@ -59,52 +96,131 @@ class GenerationService:
         """The engines this deployment serves, in catalogue order."""
         return [e for e in CATALOGUE.values() if self.settings.engine_config(e.id).enabled]
 
-    def engine(self, engine_id: str) -> EngineSpec:
+    def engine(self, engine_id: str, task: Task | None = None) -> EngineSpec:
+        """The enabled engine `engine_id` (404 otherwise), checked to support `task`."""
         engine = get_engine(engine_id)
         if not self.settings.engine_config(engine_id).enabled:
             raise errors.NotFound(f"The specified engine (ID {engine_id}) was not found.")
+        if task is not None and task not in engine.tasks:
+            raise errors.BadRequest(f"engine {engine_id} does not support {task.value}")
         return engine
 
     def source(self, engine: EngineSpec) -> WeightSource:
         return weight_source(self.settings, engine)
 
-    async def text_to_image(
-        self, engine_id: str, body: TextToImageRequestBody, *, png_response: bool
-    ) -> list[Artifact]:
-        """Validate a text-to-image request against the engine's rules and run it."""
-        engine = self.engine(engine_id)
-        if Task.TEXT_TO_IMAGE not in engine.tasks:
-            raise errors.BadRequest(f"engine {engine_id} does not support text-to-image")
-        if png_response and body.samples > 1:
+    def decode(self, data: bytes, field: str) -> PILImage.Image:
+        return decode_upload(data, field, self.settings.max_upload_pixels)
+
+    def _common(
+        self, body: GenerationRequestOptionalParams, text_prompts: list[TextPrompt], png: bool
+    ) -> dict[str, Any]:
+        if png and body.samples > 1:
             raise errors.InvalidSamples(
                 "samples must be 1 when Accept is image/png; "
                 f"use Accept: application/json for {body.samples} samples"
             )
+        return {
+            "prompts": weighted_prompts(text_prompts, body.style_preset),
+            "steps": body.steps,
+            "cfg_scale": body.cfg_scale,
+            "sampler": body.sampler,
+            "seeds": sample_seeds(body.seed, body.samples),
+        }
+
+    async def _generate(
+        self,
+        source: WeightSource,
+        run: Callable[[Any, Any], list[diffusion.GeneratedImage]],
+        params: diffusion.DiffusionParams,
+    ) -> list[Artifact]:
+        def job() -> list[Artifact]:
+            return to_artifacts(run(self.pipelines.get(source), params))
+
+        return await self.worker.run(job)
+
+    async def text_to_image(
+        self, engine_id: str, body: TextToImageRequestBody, *, png_response: bool
+    ) -> list[Artifact]:
+        """Validate a text-to-image request against the engine's rules and run it."""
+        engine = self.engine(engine_id, Task.TEXT_TO_IMAGE)
+        common = self._common(body, body.text_prompts, png_response)
         # An omitted size takes the engine's default (1024x1024 on SDXL 1.0, else 512x512).
         width = body.width if "width" in body.model_fields_set else engine.default_width
         height = body.height if "height" in body.model_fields_set else engine.default_height
         engine.check_size(width, height)
-        params = TextToImageParams(
-            prompts=weighted_prompts(body.text_prompts, body.style_preset),
-            width=width,
-            height=height,
-            steps=body.steps,
-            cfg_scale=body.cfg_scale,
-            sampler=body.sampler,
-            seeds=sample_seeds(body.seed, body.samples),
-        )
-        return await self.worker.run(self._run_text_to_image, self.source(engine), params)
+        params = diffusion.TextToImageParams(**common, width=width, height=height)
+        return await self._generate(self.source(engine), diffusion.run_text_to_image, params)
 
-    def _run_text_to_image(self, source: WeightSource, params: TextToImageParams) -> list[Artifact]:
-        pipe = self.pipelines.get(source)
-        images = run_text_to_image(pipe, params)
-        return [
-            Artifact(
-                png=encode_png(generated.image),
-                seed=generated.seed,
-                finish_reason=(
-                    FinishReason.CONTENT_FILTERED if generated.nsfw else FinishReason.SUCCESS
-                ),
+    async def image_to_image(
+        self,
+        engine_id: str,
+        body: ImageToImageRequestBody,
+        files: dict[str, bytes],
+        *,
+        png_response: bool,
+    ) -> list[Artifact]:
+        """Image-to-image: the output takes the init image's size, under the engine's rules."""
+        engine = self.engine(engine_id, Task.IMAGE_TO_IMAGE)
+        init_image = self.decode(required_file(files, "init_image"), "init_image")
+        engine.check_size(*init_image.size)
+        common = self._common(body, body.text_prompts, png_response)
+        if body.init_image_mode == InitImageMode.IMAGE_STRENGTH:
+            strength, skip_end = 1.0 - body.image_strength, 0.0
+        else:
+            strength, skip_end = body.step_schedule_start, body.step_schedule_end or 0.0
+        params = diffusion.ImageToImageParams(
+            **common, init_image=init_image.convert("RGB"), strength=strength, skip_end=skip_end
+        )
+        return await self._generate(self.source(engine), diffusion.run_image_to_image, params)
+
+    async def masking(
+        self,
+        engine_id: str,
+        body: MaskingRequestBody,
+        files: dict[str, bytes],
+        *,
+        png_response: bool,
+    ) -> list[Artifact]:
+        """Inpainting: regenerate where the mask says, keep the init image's pixels elsewhere."""
+        engine = self.engine(engine_id, Task.MASKING)
+        init_image = self.decode(required_file(files, "init_image"), "init_image")
+        mask = self._mask(body.mask_source, init_image, files)
+        engine.check_size(*init_image.size)
+        params = diffusion.InpaintParams(
+            **self._common(body, body.text_prompts, png_response),
+            init_image=init_image.convert("RGB"),
+            mask=mask,
+        )
+        config = self.settings.engine_config(engine.id)
+        source = (
+            weight_source(self.settings, engine, "inpaint")
+            if config.inpainting_source
+            else self.source(engine)
+        )
+        return await self._generate(source, diffusion.run_inpaint, params)
+
+    def _mask(
+        self, mask_source: MaskSource, init_image: PILImage.Image, files: dict[str, bytes]
+    ) -> PILImage.Image:
+        """The mask as L: 255 where the image is regenerated, 0 where it is kept."""
+        from PIL import ImageOps
+
+        if mask_source == MaskSource.INIT_IMAGE_ALPHA:
+            if init_image.mode != "RGBA":
+                raise errors.InvalidMaskImage(
+                    "init_image: mask_source INIT_IMAGE_ALPHA needs an init_image with an "
+                    "alpha channel"
+                )
+            return ImageOps.invert(init_image.getchannel("A"))
+        if "mask_image" not in files:
+            raise errors.InvalidMaskImage(
+                f"mask_image: is required when mask_source is {mask_source.value}"
             )
-            for generated in images
-        ]
+        mask = self.decode(files["mask_image"], "mask_image")
+        if mask.size != init_image.size:
+            raise errors.InvalidImageDimensions(
+                f"mask_image is {mask.size[0]}x{mask.size[1]} but init_image is "
+                f"{init_image.size[0]}x{init_image.size[1]}; they must be the same size"
+            )
+        grey = mask.convert("L")
+        return grey if mask_source == MaskSource.MASK_IMAGE_WHITE else ImageOps.invert(grey)

@@ -1,4 +1,4 @@
-"""POST /v1/generation/{engine_id}/text-to-image."""
+"""POST /v1/generation/{engine_id}/text-to-image, image-to-image and image-to-image/masking."""
 
 from __future__ import annotations
 
@@ -9,7 +9,15 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from localstability.api.deps import Context, CurrentPrincipal, parse_json_body, wants_png
-from localstability.protocol import GenerationResponse, Image, TextToImageRequestBody
+from localstability.api.multipart import parse_fields, read_multipart
+from localstability.engines import Task
+from localstability.protocol import (
+    GenerationResponse,
+    Image,
+    ImageToImageRequestBody,
+    MaskingRequestBody,
+    TextToImageRequestBody,
+)
 from localstability.service.generation import Artifact
 
 router = APIRouter(tags=["v1/generation"])
@@ -30,6 +38,26 @@ def _json_body_schema(name: str) -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+        }
+    }
+
+
+def _multipart_body_schema(name: str, files: tuple[str, ...]) -> dict[str, Any]:
+    """A multipart body: the model's fields as text parts, plus binary file parts."""
+    binary = {"type": "string", "format": "binary"}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "allOf": [
+                            {"$ref": f"#/components/schemas/{name}"},
+                            {"type": "object", "properties": dict.fromkeys(files, binary)},
+                        ]
+                    }
+                }
+            },
         }
     }
 
@@ -71,7 +99,56 @@ async def text_to_image(
 ) -> Response:
     """Generate images from text prompts."""
     png = wants_png(accept)
-    context.generation.engine(engine_id)  # an unknown engine is a 404 before the body is read
+    # An unknown engine, or one that can't do the task, is refused before the body is read.
+    context.generation.engine(engine_id, Task.TEXT_TO_IMAGE)
     body = await parse_json_body(request, TextToImageRequestBody)
     artifacts = await context.generation.text_to_image(engine_id, body, png_response=png)
+    return artifacts_response(artifacts, png)
+
+
+@router.post(
+    "/v1/generation/{engine_id}/image-to-image",
+    responses=_GENERATION_RESPONSES,
+    openapi_extra=_multipart_body_schema("ImageToImageRequestBody", ("init_image",)),
+    response_class=Response,
+)
+async def image_to_image(
+    engine_id: str,
+    request: Request,
+    context: Context,
+    _principal: CurrentPrincipal,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Generate images from an init image and text prompts (multipart/form-data)."""
+    png = wants_png(accept)
+    context.generation.engine(engine_id, Task.IMAGE_TO_IMAGE)
+    form = await read_multipart(request, ("init_image",), context.settings.max_upload_bytes)
+    body = parse_fields(form, ImageToImageRequestBody)
+    artifacts = await context.generation.image_to_image(
+        engine_id, body, form.files, png_response=png
+    )
+    return artifacts_response(artifacts, png)
+
+
+@router.post(
+    "/v1/generation/{engine_id}/image-to-image/masking",
+    responses=_GENERATION_RESPONSES,
+    openapi_extra=_multipart_body_schema("MaskingRequestBody", ("init_image", "mask_image")),
+    response_class=Response,
+)
+async def masking(
+    engine_id: str,
+    request: Request,
+    context: Context,
+    _principal: CurrentPrincipal,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Regenerate the masked part of an init image (multipart/form-data)."""
+    png = wants_png(accept)
+    context.generation.engine(engine_id, Task.MASKING)
+    form = await read_multipart(
+        request, ("init_image", "mask_image"), context.settings.max_upload_bytes
+    )
+    body = parse_fields(form, MaskingRequestBody)
+    artifacts = await context.generation.masking(engine_id, body, form.files, png_response=png)
     return artifacts_response(artifacts, png)

@@ -1,0 +1,101 @@
+"""Multipart bodies of the image endpoints: text fields to a wire model, file parts to bytes.
+
+`text_prompts[<index>][text|weight]` may use any integer indexes, in any order; a later field
+for the same index and key overrides an earlier one (the spec's rule). `extras[key]` fields
+form the `extras` object.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+
+from localstability import errors
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+_PROMPT_FIELD = re.compile(r"^text_prompts\[(-?\d+)\]\[(text|weight)\]$")
+_EXTRAS_FIELD = re.compile(r"^extras\[([^\]]+)\]$")
+_MAX_FIELDS = 200
+
+
+@dataclass
+class MultipartBody:
+    """The text fields (already folded into a model's shape) and the raw file parts."""
+
+    fields: dict[str, Any]
+    files: dict[str, bytes]
+
+
+def fold_fields(items: list[tuple[str, str]]) -> dict[str, Any]:
+    """Turn flat multipart text fields into the nested shape of the JSON wire models."""
+    prompts: dict[int, dict[str, str]] = {}
+    extras: dict[str, str] = {}
+    fields: dict[str, Any] = {}
+    for name, value in items:
+        if match := _PROMPT_FIELD.match(name):
+            prompts.setdefault(int(match.group(1)), {})[match.group(2)] = value
+        elif match := _EXTRAS_FIELD.match(name):
+            extras[match.group(1)] = value
+        elif name.startswith("text_prompts"):
+            raise errors.BadRequest(
+                f"{name}: text prompts are sent as text_prompts[<index>][text] and "
+                "text_prompts[<index>][weight]"
+            )
+        else:
+            fields[name] = value
+    if prompts:
+        fields["text_prompts"] = [prompts[index] for index in sorted(prompts)]
+    if extras:
+        fields["extras"] = extras
+    return fields
+
+
+async def read_multipart(
+    request: Request, file_fields: tuple[str, ...], max_file_bytes: int
+) -> MultipartBody:
+    """Read a multipart/form-data body; file parts over `max_file_bytes` are refused."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "multipart/form-data":
+        raise errors.BadRequest(
+            "Content-Type must be multipart/form-data for this endpoint, "
+            f"not {media_type or 'missing'!r}"
+        )
+    declared = request.headers.get("content-length")
+    body_limit = len(file_fields) * max_file_bytes + 1024 * 1024
+    if declared and declared.isdigit() and int(declared) > body_limit:
+        raise errors.InvalidFileSize(
+            f"the request body is {int(declared):,} bytes; each image may be at most "
+            f"{max_file_bytes:,} bytes"
+        )
+    form = await request.form(max_files=len(file_fields) + 2, max_fields=_MAX_FIELDS)
+    texts: list[tuple[str, str]] = []
+    files: dict[str, bytes] = {}
+    try:
+        for name, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if name not in file_fields:
+                    raise errors.BadRequest(f"{name}: unexpected file part")
+                data = await value.read(max_file_bytes + 1)
+                if len(data) > max_file_bytes:
+                    raise errors.InvalidFileSize(
+                        f"{name}: the file is larger than the limit of {max_file_bytes:,} bytes"
+                    )
+                files[name] = data
+            elif name in file_fields:
+                raise errors.BadRequest(f"{name}: must be sent as a file part")
+            else:
+                texts.append((name, value))
+    finally:
+        await form.close()
+    return MultipartBody(fold_fields(texts), files)
+
+
+def parse_fields(body: MultipartBody, model: type[ModelT]) -> ModelT:
+    """Validate the folded text fields as `model` (a pydantic ValidationError is a 400)."""
+    return model.model_validate(body.fields)
