@@ -30,9 +30,11 @@ def test_models_list_shows_readiness(tiny_dir: Path) -> None:
     assert len(lines) == 6
     assert "ready" in lines["stable-diffusion-v1-6"]
     assert "tiny random-weight test fixture" in lines["stable-diffusion-v1-6"]
-    assert "not downloaded" in lines["esrgan-v1-x2plus"]
-    default = run_cli("models", "list", LOCALSTABILITY_DATA_DIR="/tmp/unused").stdout
+    assert all("ready" in line for line in lines.values())
+    default = run_cli("models", "list", LOCALSTABILITY_DATA_DIR=str(tiny_dir / "empty")).stdout
     assert "stabilityai/stable-diffusion-xl-base-1.0" in default
+    esrgan = next(line for line in default.splitlines() if line.startswith("esrgan-v1-x2plus"))
+    assert "not downloaded" in esrgan
 
 
 def test_models_pull(tiny_dir: Path) -> None:
@@ -47,6 +49,15 @@ def test_models_pull(tiny_dir: Path) -> None:
     unknown = run_cli("models", "pull", "no-such-engine", check=False)
     assert unknown.returncode == 1
     assert "was not found" in unknown.stderr
+
+
+def test_models_pull_esrgan_offline_converts_the_packaged_weights(tmp_path: Path) -> None:
+    pulled = run_cli("models", "pull", "esrgan-v1-x2plus", LOCALSTABILITY_DATA_DIR=str(tmp_path))
+    assert "offline fallback packaged:realesrgan-x4plus" in pulled.stdout
+    assert (tmp_path / "models" / "realesrgan-x4plus.safetensors").is_file()
+    listed = run_cli("models", "list", LOCALSTABILITY_DATA_DIR=str(tmp_path)).stdout
+    esrgan = next(line for line in listed.splitlines() if line.startswith("esrgan-v1-x2plus"))
+    assert "ready (fallback)" in esrgan
 
 
 def test_keys_create_prints_only_the_key(tmp_path: Path) -> None:

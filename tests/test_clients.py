@@ -214,3 +214,59 @@ def test_modelfusion_unknown_engine_reports_our_envelope(
     message = direct.json()["message"]
     assert message == "The specified engine (ID no-such-engine) was not found."
     assert out["error"] == message
+
+
+def _direct_multipart(
+    server: Server, path: str, fields: dict[str, str], files: dict[str, bytes]
+) -> bytes:
+    with server.client() as http:
+        response = http.post(
+            path, data=fields, files={name: ("f.png", data) for name, data in files.items()}
+        )
+    assert response.status_code == 200, response.text
+    return base64.b64decode(response.json()["artifacts"][0]["base64"])
+
+
+def test_stabilityai_image_to_image_gets_our_exact_png(
+    probe: Probe, server: Server, tmp_path: Any
+) -> None:
+    from tests.helpers import encode, sample_picture
+
+    init = tmp_path / "init.png"
+    init.write_bytes(encode(sample_picture(320, 384)))
+    result = probe(
+        "image-to-image",
+        engine=SD1,
+        image=str(init),
+        prompt=PROMPT,
+        steps=10,
+        seed=55,
+        image_strength=0.4,
+    )
+    artifact = result["artifacts"][0]
+    assert (artifact["width"], artifact["height"], artifact["seed"]) == (320, 384, 55)
+    direct = _direct_multipart(
+        server,
+        f"/v1/generation/{SD1}/image-to-image",
+        {"text_prompts[0][text]": PROMPT, "steps": "10", "seed": "55", "image_strength": "0.4"},
+        {"init_image": init.read_bytes()},
+    )
+    assert artifact["png_sha256"] == sha256(direct)
+
+
+def test_stabilityai_upscale(probe: Probe, server: Server, tmp_path: Any) -> None:
+    from tests.helpers import encode, sample_picture
+
+    image = tmp_path / "small.png"
+    image.write_bytes(encode(sample_picture(256, 192)))
+    # stabilityai 1.0.5 always sends width=1024: 256x192 becomes 1024x768.
+    result = probe("upscale", engine="esrgan-v1-x2plus", image=str(image))
+    artifact = result["artifacts"][0]
+    assert (artifact["width"], artifact["height"]) == (1024, 768)
+    direct = _direct_multipart(
+        server,
+        "/v1/generation/esrgan-v1-x2plus/image-to-image/upscale",
+        {"width": "1024"},
+        {"image": image.read_bytes()},
+    )
+    assert artifact["png_sha256"] == sha256(direct)

@@ -29,7 +29,7 @@ def img2img(
     path: str = SD1,
     image: bytes = INIT_PNG,
     content_type: str = "image/png",
-    **fields: Any,
+    **fields: object,
 ) -> httpx.Response:
     data = {**prompt_fields(("a painting of a garden", 1)), "steps": "10", **fields}
     data = {k: str(v) for k, v in data.items()}
@@ -189,7 +189,9 @@ def test_request_shape_errors(client: httpx.Client) -> None:
         ("init_image_mode", "SOMETIMES"),
         ("step_schedule_end", "-0.1"),
     ]:
-        assert_envelope(img2img(client, **{field: value}), 400, "bad_request")
+        bad = {**prompt_fields(("a", 1)), field: value}
+        response = client.post(SD1, data=bad, files={"init_image": ("i.png", INIT_PNG)})
+        assert_envelope(response, 400, "bad_request")
 
 
 def test_engine_size_rules_apply_to_the_init_image(client: httpx.Client) -> None:

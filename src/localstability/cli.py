@@ -74,17 +74,27 @@ def keys_create(
 def models_list(config: ConfigOption = None) -> None:
     """Each engine, where its weights come from, and whether they are on this machine."""
     from localstability.engines import CATALOGUE
+    from localstability.inference.loader import WeightSource
     from localstability.service.generation import weight_source
 
     settings = _settings(config)
+    models_dir = settings.data_dir / "models"
     for engine in CATALOGUE.values():
         engine_config = settings.engine_config(engine.id)
         source = weight_source(settings, engine)
-        state = (
-            "disabled"
-            if not engine_config.enabled
-            else ("ready" if source.is_ready() else "not downloaded")
+        fallback = (
+            WeightSource(engine.id, engine.family, engine.fallback_source)
+            if engine.fallback_source and not engine_config.source
+            else None
         )
+        if not engine_config.enabled:
+            state = "disabled"
+        elif source.is_ready(models_dir):
+            state = "ready"
+        elif fallback is not None and fallback.is_ready(models_dir):
+            state = "ready (fallback)"
+        else:
+            state = "not downloaded"
         label = f"  ({engine_config.label})" if engine_config.label else ""
         where = f"{source.kind}:{source.source}"
         typer.echo(f"{engine.id:38} {engine.family.value:16} {state:15} {where}{label}")
@@ -98,13 +108,22 @@ def models_pull(
     """Fetch an engine's weights ahead of time (shows download progress)."""
     from localstability import errors
     from localstability.engines import get_engine
-    from localstability.inference.loader import download
+    from localstability.inference.loader import WeightSource, download
     from localstability.service.generation import weight_source
 
     settings = _settings(config)
     try:
-        source = weight_source(settings, get_engine(engine_id))
-        path = download(source, settings.offline)
+        engine = get_engine(engine_id)
+        source = weight_source(settings, engine)
+        models_dir = settings.data_dir / "models"
+        try:
+            path = download(source, settings.offline, models_dir)
+        except errors.EngineUnavailable as exc:
+            if not engine.fallback_source or settings.engine_config(engine_id).source:
+                raise
+            typer.echo(f"{exc.message}\nusing the offline fallback {engine.fallback_source}")
+            fallback = WeightSource(engine.id, engine.family, engine.fallback_source)
+            path = download(fallback, settings.offline, models_dir)
     except errors.ApiError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(1) from None
@@ -116,11 +135,13 @@ TINY_ENGINES = {
     "stable-diffusion-512-v2-1": "sd2",
     "stable-diffusion-xl-1024-v1-0": "sdxl",
     "stable-diffusion-xl-beta-v2-2-2": "sdxl",
+    "stable-diffusion-x4-latent-upscaler": "sd-x4-upscaler",
+    "esrgan-v1-x2plus": "esrgan",
 }
 
 
 def write_tiny_config(directory: Path, folders: dict[str, Path]) -> Path:
-    """DIR/localstability.toml pointing every diffusion engine at the tiny models."""
+    """DIR/localstability.toml pointing every engine at the tiny models."""
     lines = [
         "# TEST FIXTURES: tiny random-weight models that make noise images, not pictures.",
         "# Written by `localstability models make-tiny`.",
@@ -147,7 +168,11 @@ def models_make_tiny(
     """Build tiny random-weight TEST FIXTURES of every family, offline, and a config for them."""
     from localstability.tiny import build_tiny_models
 
+    from localstability.upscalers.esrgan import write_tiny_esrgan
+
     directory.mkdir(parents=True, exist_ok=True)
     folders = build_tiny_models(directory, progress=lambda message: typer.echo(message))
+    folders["esrgan"] = write_tiny_esrgan(directory / "esrgan" / "tiny-esrgan-x4.safetensors")
+    typer.echo(f"built tiny ESRGAN x4 upscaler {folders['esrgan']}")
     config_path = write_tiny_config(directory, folders)
     typer.echo(f"wrote {config_path}; run: localstability serve --config {config_path}")

@@ -44,6 +44,33 @@ SDXL_V1_SIZES: tuple[tuple[int, int], ...] = (
 
 SizeRule = Callable[[str, int, int], None]
 
+UPSCALE_MAX_PIXELS = 4_194_304
+
+
+def upscale_size(
+    input_width: int, input_height: int, width: int | None, height: int | None
+) -> tuple[int, int]:
+    """The upscale output size: twice the input by default, else one side given, aspect kept."""
+    if width is not None and height is not None:
+        raise errors.BadRequest("only one of width or height may be specified")
+    if width is not None:
+        size = (width, max(1, round(width * input_height / input_width)))
+    elif height is not None:
+        size = (max(1, round(height * input_width / input_height)), height)
+    else:
+        size = (input_width * 2, input_height * 2)
+    if size[0] * size[1] > UPSCALE_MAX_PIXELS:
+        raise errors.InvalidPixelCount(
+            f"The requested image would exceed the maximum pixel count of "
+            f"{UPSCALE_MAX_PIXELS:,} ({size[0]}x{size[1]} = {size[0] * size[1]:,})"
+        )
+    if size[0] < input_width or size[1] < input_height:
+        raise errors.BadRequest(
+            f"image: the output {size[0]}x{size[1]} would be smaller than the input "
+            f"{input_width}x{input_height}; upscale makes images larger"
+        )
+    return size
+
 
 def _check_increments(width: int, height: int) -> None:
     if width % 64 or height % 64 or width < 128 or height < 128:
@@ -111,6 +138,7 @@ class EngineSpec:
     default_width: int = 512
     default_height: int = 512
     type: EngineType = EngineType.PICTURE
+    fallback_source: str | None = None  # used when the default source can't be had
 
     def as_wire(self) -> Engine:
         return Engine(id=self.id, name=self.name, description=self.description, type=self.type)
@@ -169,6 +197,8 @@ CATALOGUE: dict[str, EngineSpec] = {
             family=Family.ESRGAN,
             tasks=frozenset({Task.UPSCALE}),
             default_source="ai-forever/Real-ESRGAN/RealESRGAN_x2.pth",
+            # Offline: Real-ESRGAN x4plus, converted from the ncnn files that ship on PyPI.
+            fallback_source="packaged:realesrgan-x4plus",
         ),
         EngineSpec(
             id="stable-diffusion-x4-latent-upscaler",

@@ -16,14 +16,23 @@ families, so the whole server can be exercised end to end:
 ``sdxl``
     :class:`~diffusers.StableDiffusionXLPipeline` with two text encoders (the second with a
     projection), a ``text_time`` UNet, VAE scaling 0.13025 and an Euler scheduler.
+``sd-x4-upscaler``
+    :class:`~diffusers.StableDiffusionUpscalePipeline` shaped like
+    ``stabilityai/stable-diffusion-x4-upscaler``: a three-level VAE (``vae_scale_factor`` 4,
+    scaling 0.08333), a UNet with 7 input channels (4 latent + the 3 channels of the noised
+    low-resolution image) and a 1000-entry class embedding for ``noise_level``, the SD 2 text
+    encoder and tokenizer, a DDIM scheduler with ``prediction_type="v_prediction"``, a DDPM
+    ``low_res_scheduler`` and ``max_noise_level`` 350.  Its UNet runs at the *input* image's
+    resolution (the latents are as large as the low-resolution image), so it has four levels and
+    attention only at an eighth of the input size.
 
 The tokenizers use the real CLIP BPE vocabulary (49,408 tokens), converted from the
 ``bpe_simple_vocab_16e6.txt.gz`` file that ships inside the ``open-clip-torch`` package, so token
 ids (and therefore prompt length limits) are exactly those of the real models.
 
-The UNets keep attention only at their lowest resolution (a quarter of the latent size), which
-keeps even 1024x1024 SDXL requests at a few seconds on a small CPU.  Every image these pipelines
-make is noise: they are test fixtures, not models.
+The UNets keep attention only at their lowest resolution (a quarter of the latent size; an
+eighth for the upscaler), which keeps even 1024x1024 SDXL requests at a few seconds on a small
+CPU.  Every image these pipelines make is noise: they are test fixtures, not models.
 
 Heavy libraries (torch, diffusers, transformers) are imported lazily inside the functions, so
 importing this module is cheap.
@@ -59,7 +68,7 @@ __all__ = [
     "is_tiny_fixture",
 ]
 
-FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl")
+FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sd-x4-upscaler")
 """The families :func:`build_tiny_pipeline` can build."""
 
 CLIP_BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
@@ -100,6 +109,18 @@ _VAE_BLOCKS = (8, 8, 16, 16)
 # SDXL micro-conditioning: six time ids (original size, crop top-left, target size).
 _SDXL_TIME_EMBED_DIM = 8
 _SDXL_NUM_TIME_IDS = 6
+# x4 upscaler.  Its latents are as large as the low-resolution input image (128x128 for a
+# 512x512 result, 256x256 for 1024x1024), so the UNet has four levels like the real one
+# (DownBlock2D first, attention only at the lowest level, an eighth of the input size).  The
+# VAE has three levels (vae_scale_factor 4); only its decoder runs when upscaling.
+_X4_UNET_BLOCKS = (16, 32, 32, 32)
+_X4_UNET_DOWN = ("DownBlock2D", "DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
+_X4_UNET_UP = ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D", "UpBlock2D")
+_X4_VAE_BLOCKS = (8, 16, 16)
+_X4_LATENT_SCALING = 0.08333  # the pipeline resets any other value (with a deprecation warning)
+_X4_IMAGE_CHANNELS = 3  # the noised low-resolution RGB image, concatenated to the 4 latents
+_X4_NUM_NOISE_LEVELS = 1000  # class embeddings for noise_level, as in the real UNet
+_X4_MAX_NOISE_LEVEL = 350
 
 _SD_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -119,14 +140,17 @@ pipeline: {pipeline}
 This folder is a tiny Stable Diffusion pipeline with RANDOM weights, built offline by
 localstability.tiny for the localstability test suite.  It has the layout of the real
 {family} models (same components, configuration style and the real CLIP tokenizer
-vocabulary), so it loads with diffusers and runs text-to-image, image-to-image and
-inpainting, but every image it makes is noise.
+vocabulary), so it loads with diffusers and runs {tasks}, but every image it makes is noise.
 
 Do not use it as a model.  It is rebuilt deterministically with:
 
     from localstability.tiny import build_tiny_pipeline
     build_tiny_pipeline("{family}", Path("<folder>"))
 """
+
+# What each family's pipeline runs, for the fixture marker text.
+_DEFAULT_TASKS = "text-to-image, image-to-image and\ninpainting"
+_FAMILY_TASKS: dict[str, str] = {"sd-x4-upscaler": "text-guided 4x\nupscaling"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,17 +330,22 @@ def _text_encoder(offset: int, hidden_act: str, pad_token_id: int, projection: b
     return model.eval()
 
 
-def _vae(offset: int, sample_size: int, scaling_factor: float) -> AutoencoderKL:
+def _vae(
+    offset: int,
+    sample_size: int,
+    scaling_factor: float,
+    blocks: tuple[int, ...] = _VAE_BLOCKS,
+) -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
-    n = len(_VAE_BLOCKS)
+    n = len(blocks)
     with _seeded(offset):
         vae = AutoencoderKL(
             in_channels=3,
             out_channels=3,
             down_block_types=("DownEncoderBlock2D",) * n,
             up_block_types=("UpDecoderBlock2D",) * n,
-            block_out_channels=_VAE_BLOCKS,
+            block_out_channels=blocks,
             layers_per_block=1,
             act_fn="silu",
             latent_channels=4,
@@ -334,17 +363,26 @@ def _vae(offset: int, sample_size: int, scaling_factor: float) -> AutoencoderKL:
     return vae.eval()
 
 
-def _unet(offset: int, sample_size: int, **extra: Any) -> UNet2DConditionModel:
+def _unet(
+    offset: int,
+    sample_size: int,
+    *,
+    in_channels: int = 4,
+    blocks: tuple[int, ...] = _UNET_BLOCKS,
+    down_block_types: tuple[str, ...] = _UNET_DOWN,
+    up_block_types: tuple[str, ...] = _UNET_UP,
+    **extra: Any,
+) -> UNet2DConditionModel:
     from diffusers import UNet2DConditionModel
 
     with _seeded(offset):
         unet = UNet2DConditionModel(
             sample_size=sample_size,
-            in_channels=4,
+            in_channels=in_channels,
             out_channels=4,
-            down_block_types=_UNET_DOWN,
-            up_block_types=_UNET_UP,
-            block_out_channels=_UNET_BLOCKS,
+            down_block_types=down_block_types,
+            up_block_types=up_block_types,
+            block_out_channels=blocks,
             layers_per_block=1,
             norm_num_groups=8,
             **extra,
@@ -432,10 +470,57 @@ def _build_sdxl() -> DiffusionPipeline:
     )
 
 
+def _build_sd_x4_upscaler() -> DiffusionPipeline:
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline
+
+    # The schedulers of stabilityai/stable-diffusion-x4-upscaler.  low_res_scheduler only
+    # noises the low-resolution image (to the requested noise_level) before it is concatenated
+    # to the latents; it never steps.
+    scheduler = DDIMScheduler(
+        **_SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, prediction_type="v_prediction"
+    )
+    low_res_scheduler = DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.0001,
+        beta_end=0.02,
+        beta_schedule="linear",
+        trained_betas=None,
+        variance_type="fixed_small",
+        clip_sample=False,
+    )
+    unet = _unet(
+        33,
+        sample_size=128,
+        in_channels=4 + _X4_IMAGE_CHANNELS,
+        blocks=_X4_UNET_BLOCKS,
+        down_block_types=_X4_UNET_DOWN,
+        up_block_types=_X4_UNET_UP,
+        cross_attention_dim=_TEXT_HIDDEN,
+        attention_head_dim=(2, 4, 4, 4),
+        use_linear_projection=True,
+        # As in the real config: no class_embed_type, so num_class_embeds makes an
+        # nn.Embedding, indexed by the pipeline's noise_level (passed as class_labels).
+        num_class_embeds=_X4_NUM_NOISE_LEVELS,
+    )
+    return StableDiffusionUpscalePipeline(
+        vae=_vae(31, sample_size=256, scaling_factor=_X4_LATENT_SCALING, blocks=_X4_VAE_BLOCKS),
+        text_encoder=_text_encoder(32, "gelu", pad_token_id=0, projection=False),
+        tokenizer=_make_tokenizer(pad_token=_SD2_PAD_TOKEN),
+        unet=unet,
+        low_res_scheduler=low_res_scheduler,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        watermarker=None,
+        max_noise_level=_X4_MAX_NOISE_LEVEL,
+    )
+
+
 _BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
     "sd1": _build_sd1,
     "sd2": _build_sd2,
     "sdxl": _build_sdxl,
+    "sd-x4-upscaler": _build_sd_x4_upscaler,
 }
 
 
@@ -473,7 +558,12 @@ def _write_folder(family: str, pipe: DiffusionPipeline, folder: Path) -> None:
         if sub.is_dir():
             build_clip_tokenizer_files(sub)
     (folder / FIXTURE_MARKER_FILENAME).write_text(
-        _FIXTURE_TEXT.format(family=family, pipeline=type(pipe).__name__), encoding="utf-8"
+        _FIXTURE_TEXT.format(
+            family=family,
+            pipeline=type(pipe).__name__,
+            tasks=_FAMILY_TASKS.get(family, _DEFAULT_TASKS),
+        ),
+        encoding="utf-8",
     )
 
 
@@ -486,7 +576,8 @@ def build_tiny_pipeline(family: str, dest: Path) -> Path:
     moved into place, so a half-written folder is never left at ``dest``.
 
     Args:
-        family: one of :data:`FAMILIES` (``"sd1"``, ``"sd2"``, ``"sdxl"``).
+        family: one of :data:`FAMILIES` (``"sd1"``, ``"sd2"``, ``"sdxl"``,
+            ``"sd-x4-upscaler"``).
         dest: the folder to write.
 
     Returns:

@@ -39,7 +39,12 @@ BOOTSTRAP_KEY_FILE = "admin-key.txt"
 def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWorker]:
     database = Database(settings.sqlalchemy_url)
     device = resolve_device(settings.device)
-    pipelines = PipelineCache(device, resolve_dtype(settings.dtype, device), settings.offline)
+    pipelines = PipelineCache(
+        device,
+        resolve_dtype(settings.dtype, device),
+        settings.offline,
+        settings.data_dir / "models",
+    )
     worker = InferenceWorker()
     context = AppContext(
         settings=settings,

@@ -44,7 +44,9 @@ class WeightSource:
 
     @property
     def kind(self) -> str:
-        """'folder', 'file' or 'hub'."""
+        """'packaged', 'folder', 'file', 'hub-file' (org/repo/path in a Hub repo) or 'hub'."""
+        if self.source.startswith(PACKAGED_PREFIX):
+            return "packaged"
         path = Path(self.source).expanduser()
         if path.is_dir():
             return "folder"
@@ -52,21 +54,44 @@ class WeightSource:
             return "file"
         if self.source.startswith(("/", ".", "~")):
             return "folder"
-        return "hub"
+        return "hub-file" if self.source.count("/") >= 2 else "hub"
 
     @property
     def cache_key(self) -> tuple[str, ...]:
         return (self.family, self.source, self.config or "", self.variant or "", self.role)
 
-    def is_ready(self) -> bool:
-        """Whether the weights are on this machine (a local path, or in the Hub cache)."""
+    def is_ready(self, models_dir: Path) -> bool:
+        """Whether the weights are on this machine (a local path, converted, or Hub-cached)."""
         kind = self.kind
-        if kind != "hub":
-            return Path(self.source).expanduser().exists()
-        from huggingface_hub import try_to_load_from_cache
+        if kind == "packaged":
+            return packaged_path(self, models_dir).is_file()
+        if kind in ("hub", "hub-file"):
+            from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(self.source, "model_index.json")
-        return isinstance(cached, str)
+            repo_id, filename = (
+                hub_file_parts(self.source)
+                if kind == "hub-file"
+                else (
+                    self.source,
+                    "model_index.json",
+                )
+            )
+            return isinstance(try_to_load_from_cache(repo_id, filename), str)
+        return Path(self.source).expanduser().exists()
+
+
+PACKAGED_PREFIX = "packaged:"
+
+
+def packaged_path(source: WeightSource, models_dir: Path) -> Path:
+    """Where a packaged (converted-on-first-use) model's safetensors file lives."""
+    return models_dir / f"{source.source.removeprefix(PACKAGED_PREFIX)}.safetensors"
+
+
+def hub_file_parts(source: str) -> tuple[str, str]:
+    """'org/repo/path/file.pth' -> ('org/repo', 'path/file.pth')."""
+    org, repo, filename = source.split("/", 2)
+    return f"{org}/{repo}", filename
 
 
 def unavailable(source: WeightSource, reason: str) -> errors.EngineUnavailable:
@@ -127,33 +152,51 @@ def load_pipeline(source: WeightSource, device: str, dtype: Any, offline: bool) 
     return pipe
 
 
-def download(source: WeightSource, offline: bool) -> Path:
-    """Fetch a hub source into the local cache (with progress bars); local sources are checked."""
-    kind = source.kind
-    if kind != "hub":
-        path = Path(source.source).expanduser()
-        if not path.exists():
-            raise unavailable(source, f"no such path {path}")
-        return path
-    from diffusers import DiffusionPipeline
+def download(source: WeightSource, offline: bool, models_dir: Path) -> Path:
+    """Make `source` available on this machine and return its local path.
 
+    Hub repos and Hub files are fetched into the Hub cache (with progress bars), packaged
+    models are converted into `models_dir`, local paths are checked.
+    """
+    kind = source.kind
     try:
-        return Path(
-            DiffusionPipeline.download(
-                source.source, variant=source.variant, local_files_only=offline
+        if kind == "packaged":
+            from localstability.upscalers.ncnn import convert_packaged_model
+
+            return convert_packaged_model(
+                source.source.removeprefix(PACKAGED_PREFIX),
+                packaged_path(source, models_dir),
+                progress=lambda message: log.info(message, extra={"engine_id": source.engine_id}),
             )
-        )
+        if kind == "hub-file":
+            from huggingface_hub import hf_hub_download
+
+            repo_id, filename = hub_file_parts(source.source)
+            return Path(hf_hub_download(repo_id, filename, local_files_only=offline))
+        if kind == "hub":
+            from diffusers import DiffusionPipeline
+
+            return Path(
+                DiffusionPipeline.download(
+                    source.source, variant=source.variant, local_files_only=offline
+                )
+            )
     except Exception as exc:  # reported with the same guidance as a failed load
         raise unavailable(source, _first_line(exc)) from exc
+    path = Path(source.source).expanduser()
+    if not path.exists():
+        raise unavailable(source, f"no such path {path}")
+    return path
 
 
 class PipelineCache:
     """Pipelines loaded once per weight source and shared by every request for them."""
 
-    def __init__(self, device: str, dtype: Any, offline: bool) -> None:
+    def __init__(self, device: str, dtype: Any, offline: bool, models_dir: Path) -> None:
         self.device = device
         self.dtype = dtype
         self.offline = offline
+        self.models_dir = models_dir
         self._pipelines: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
         self._key_locks: dict[tuple[str, ...], threading.Lock] = {}

@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
+
+_LIBC_NAME = ctypes.util.find_library("c")
+_LIBC = ctypes.CDLL(_LIBC_NAME) if _LIBC_NAME else None
+
+
+def release_memory() -> None:
+    """Hand freed activation memory back to the OS between jobs (glibc keeps it otherwise,
+    and the next job's allocations then fragment on top of it)."""
+    gc.collect()
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 class InferenceWorker:
@@ -18,7 +33,14 @@ class InferenceWorker:
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
+        return await loop.run_in_executor(self._executor, self._job, fn, args)
+
+    @staticmethod
+    def _job(fn: Callable[..., T], args: tuple[object, ...]) -> T:
+        try:
+            return fn(*args)
+        finally:
+            release_memory()
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

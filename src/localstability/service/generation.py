@@ -12,9 +12,10 @@ from PIL import Image as PILImage
 
 from localstability import errors
 from localstability.config import Settings
-from localstability.engines import CATALOGUE, EngineSpec, Task, get_engine
-from localstability.inference import diffusion
+from localstability.engines import CATALOGUE, EngineSpec, Family, Task, get_engine, upscale_size
+from localstability.inference import diffusion, upscale
 from localstability.inference.loader import PipelineCache, WeightSource
+from localstability.inference.prompts import WeightedPrompt
 from localstability.inference.worker import InferenceWorker
 from localstability.protocol import (
     FinishReason,
@@ -25,6 +26,7 @@ from localstability.protocol import (
     MaskSource,
     TextPrompt,
     TextToImageRequestBody,
+    UpscaleRequestBody,
 )
 from localstability.service.images import decode_upload
 from localstability.service.prompts import weighted_prompts
@@ -198,6 +200,55 @@ class GenerationService:
             else self.source(engine)
         )
         return await self._generate(source, diffusion.run_inpaint, params)
+
+    async def upscale(
+        self,
+        engine_id: str,
+        body: UpscaleRequestBody,
+        files: dict[str, bytes],
+        *,
+        png_response: bool,
+    ) -> list[Artifact]:
+        """Upscale: twice the input by default, or to the given width or height (aspect kept)."""
+        engine = self.engine(engine_id, Task.UPSCALE)
+        image = self.decode(required_file(files, "image"), "image")
+        width, height = upscale_size(*image.size, body.width, body.height)
+        seed = sample_seeds(body.seed, 1)[0]
+        source = self.source(engine)
+        if engine.family == Family.ESRGAN:
+            config = self.settings.engine_config(engine.id)
+            fallback = (
+                WeightSource(engine.id, engine.family, engine.fallback_source)
+                if engine.fallback_source and not config.source
+                else None
+            )
+
+            def esrgan_job() -> list[Artifact]:
+                model = upscale.load_esrgan(self.pipelines, source, fallback)
+                result = upscale.run_esrgan(model, image, width, height)
+                return to_artifacts([diffusion.GeneratedImage(result, seed, False)])
+
+            return await self.worker.run(esrgan_job)
+        prompts = (
+            weighted_prompts(body.text_prompts, None)
+            if body.text_prompts
+            else [WeightedPrompt("", 1.0)]
+        )
+        params = upscale.LatentUpscaleParams(
+            image=image,
+            width=width,
+            height=height,
+            prompts=prompts,
+            steps=body.steps,
+            cfg_scale=body.cfg_scale,
+            seed=seed,
+        )
+
+        def latent_job() -> list[Artifact]:
+            result = upscale.run_latent_upscale(self.pipelines.get(source), params)
+            return to_artifacts([diffusion.GeneratedImage(result, seed, False)])
+
+        return await self.worker.run(latent_job)
 
     def _mask(
         self, mask_source: MaskSource, init_image: PILImage.Image, files: dict[str, bytes]

@@ -17,6 +17,7 @@ from localstability.protocol import (
     ImageToImageRequestBody,
     MaskingRequestBody,
     TextToImageRequestBody,
+    UpscaleRequestBody,
 )
 from localstability.service.generation import Artifact
 
@@ -151,4 +152,26 @@ async def masking(
     )
     body = parse_fields(form, MaskingRequestBody)
     artifacts = await context.generation.masking(engine_id, body, form.files, png_response=png)
+    return artifacts_response(artifacts, png)
+
+
+@router.post(
+    "/v1/generation/{engine_id}/image-to-image/upscale",
+    responses=_GENERATION_RESPONSES,
+    openapi_extra=_multipart_body_schema("UpscaleRequestBody", ("image",)),
+    response_class=Response,
+)
+async def upscale(
+    engine_id: str,
+    request: Request,
+    context: Context,
+    _principal: CurrentPrincipal,
+    accept: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Upscale an image with Real-ESRGAN or the x4 latent upscaler (multipart/form-data)."""
+    png = wants_png(accept)
+    context.generation.engine(engine_id, Task.UPSCALE)
+    form = await read_multipart(request, ("image",), context.settings.max_upload_bytes)
+    body = parse_fields(form, UpscaleRequestBody)
+    artifacts = await context.generation.upscale(engine_id, body, form.files, png_response=png)
     return artifacts_response(artifacts, png)

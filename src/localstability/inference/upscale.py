@@ -1,0 +1,98 @@
+"""Upscaling: Real-ESRGAN and other spandrel models, and diffusers' x4 upscale pipeline."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from localstability import errors
+from localstability.inference.diffusion import generators
+from localstability.inference.loader import PipelineCache, WeightSource, download, unavailable
+from localstability.inference.prompts import WeightedPrompt, encode_weighted_prompts
+
+log = logging.getLogger(__name__)
+
+LATENT_UPSCALE_FACTOR = 4
+# The x4 pipeline's UNet halves the low-resolution image up to three times.
+LATENT_INPUT_MULTIPLE = 8
+
+
+def load_esrgan(cache: PipelineCache, source: WeightSource, fallback: WeightSource | None) -> Any:
+    """The spandrel model for `source`; when it can't be had, `fallback` (logged)."""
+
+    def load(candidate: WeightSource) -> Any:
+        from localstability.upscalers.esrgan import load_upscaler
+
+        path = download(candidate, cache.offline, cache.models_dir)
+        try:
+            return load_upscaler(path, cache.device)
+        except ValueError as exc:
+            raise unavailable(candidate, str(exc)) from exc
+
+    try:
+        return cache.get_or_load(source, lambda: load(source))
+    except errors.EngineUnavailable as exc:
+        if fallback is None:
+            raise
+        log.warning(
+            "upscaler weights unavailable; using the fallback",
+            extra={
+                "engine_id": source.engine_id,
+                "error": exc.message,
+                "fallback": fallback.source,
+            },
+        )
+        return cache.get_or_load(fallback, lambda: load(fallback))
+
+
+def run_esrgan(model: Any, image: Any, width: int, height: int) -> Any:
+    """The model at its native scale in overlapping tiles, then a Lanczos resize to the size."""
+    from localstability.upscalers.esrgan import upscale_to
+
+    return upscale_to(model, image, width, height)
+
+
+@dataclass(frozen=True)
+class LatentUpscaleParams:
+    image: Any  # PIL.Image.Image
+    width: int
+    height: int
+    prompts: list[WeightedPrompt]
+    steps: int
+    cfg_scale: float
+    seed: int
+
+
+def run_latent_upscale(pipe: Any, params: LatentUpscaleParams) -> Any:
+    """diffusers' x4 upscale pipeline: the input is first resized to a quarter of the target
+    (rounded up to a multiple of 8), so that any requested size comes out of one 4x pass."""
+    import torch
+    from PIL import Image
+
+    def low_res(side: int) -> int:
+        quarter = -(-side // LATENT_UPSCALE_FACTOR)
+        return -(-quarter // LATENT_INPUT_MULTIPLE) * LATENT_INPUT_MULTIPLE
+
+    source = params.image.convert("RGB")
+    small = source.resize((low_res(params.width), low_res(params.height)), Image.Resampling.BICUBIC)
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    view = type(pipe).from_pipe(pipe, scheduler=scheduler)
+    view.set_progress_bar_config(disable=True)
+    with torch.inference_mode():
+        embeddings = encode_weighted_prompts(view, params.prompts, view._execution_device)
+        output = view(
+            **embeddings,
+            image=small,
+            num_inference_steps=params.steps,
+            guidance_scale=params.cfg_scale,
+            generator=generators([params.seed])[0],
+            output_type="pil",
+        )
+    upscaled = output.images[0]
+    if upscaled.size != (params.width, params.height):
+        upscaled = upscaled.resize((params.width, params.height), Image.Resampling.LANCZOS)
+    if params.image.mode == "RGBA":
+        alpha = params.image.getchannel("A").resize(upscaled.size, Image.Resampling.BICUBIC)
+        upscaled.putalpha(alpha)
+    return upscaled
