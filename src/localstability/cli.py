@@ -167,7 +167,6 @@ def models_make_tiny(
 ) -> None:
     """Build tiny random-weight TEST FIXTURES of every family, offline, and a config for them."""
     from localstability.tiny import build_tiny_models
-
     from localstability.upscalers.esrgan import write_tiny_esrgan
 
     directory.mkdir(parents=True, exist_ok=True)

@@ -12,22 +12,24 @@ side (where the image has them) and only the tile's centre is written to the out
 convolutional network's output near a tile edge depends on pixels beyond it, so the tiled result
 equals the untiled one only up to the influence of pixels farther than ``overlap`` away.  That
 influence is real, not rounding noise (float64 gives the same differences as float32), and for
-RRDBNet it reaches far: Real-ESRGAN x4plus (23 blocks, 351 convolutions) was measured on crops
-of natural photos (scikit-image's astronaut and coffee) against untiled inference, as the
-largest difference of the float output in units of 1/255 when the context is cut that many
-input pixels away from the written region:
+RRDBNet it reaches far.  Real-ESRGAN x4plus (23 blocks, 351 convolutions) against untiled
+inference on crops of scikit-image's astronaut and coffee photos, with the context cut that
+many input pixels away from the written region: the largest difference of the float output (in
+units of 1/255) with one side cut (a 128x32 strip) and with two (the corner of a 112x112 crop),
+and the largest uint8 difference of :func:`upscale` on a 192x32 strip in 32 px tiles
+(``bench.upscale_quality``):
 
-=======  ====================  ================
-overlap  one side cut (strip)  two sides (corner)
-=======  ====================  ================
-8        13.4                  --
-16       8.7                   --
-32       3.7                   --
-40       --                    1.7 - 2.2
-48       1.02                  0.67 - 0.77
-56       --                    0.45 - 0.50
-64       0.06                  0.18 - 0.19
-=======  ====================  ================
+=======  ==========  ===========  ===================
+overlap  float, one  float, two   uint8, tiled strip
+=======  ==========  ===========  ===================
+8        13.4        --           --
+16       8.7         --           20
+32       3.7         --           9
+40       --          1.7 - 2.2    --
+48       1.02        0.67 - 0.77  2
+56       --          0.45 - 0.50  --
+64       0.06        0.18 - 0.19  1
+=======  ==========  ===========  ===================
 
 So RRDBNet needs about 56 pixels of context for a difference of at most 1/255 on uint8 output;
 :data:`RRDB_OVERLAP` is 64 for margin, and :func:`default_overlap` uses it for every
@@ -42,6 +44,7 @@ torch and spandrel are imported inside the functions, so importing this module i
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import uuid
@@ -132,7 +135,9 @@ def default_overlap(model: Any) -> int:
 
     For SRVGGNetCompact (spandrel architecture ``Compact``) this is its number of convolutions,
     which is its exact receptive radius in input pixels; for everything else it is
-    :data:`RRDB_OVERLAP` (64), measured for Real-ESRGAN x4plus (see the module docstring).
+    :data:`RRDB_OVERLAP` (64), measured for Real-ESRGAN x4plus (see the module docstring),
+    times the pixel-unshuffle factor of models that run at a reduced resolution inside (such
+    as RealESRGAN_x2plus, which unshuffles by 2).
     """
     if model.architecture.id == "Compact":
         import torch
@@ -142,7 +147,8 @@ def default_overlap(model: Any) -> int:
             for module in model.model.modules()
             if isinstance(module, torch.nn.Conv2d)
         )
-    return RRDB_OVERLAP
+    shuffle = getattr(model.model, "shuffle_factor", None)
+    return RRDB_OVERLAP * (shuffle if isinstance(shuffle, int) and shuffle > 1 else 1)
 
 
 def _split_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
@@ -162,28 +168,38 @@ def _spans(length: int, tile: int, multiple: int) -> list[tuple[int, int]]:
         return [(0, length)]
     count = math.ceil(length / tile)
     edges = [round(index * length / count / multiple) * multiple for index in range(count)]
-    edges = sorted({edge for edge in edges if edge < length}) + [length]
-    return list(zip(edges[:-1], edges[1:], strict=True))
+    edges = [*sorted({edge for edge in edges if edge < length}), length]
+    return list(itertools.pairwise(edges))
 
 
-def _contexts(
-    spans: list[tuple[int, int]], overlap: int, length: int, multiple: int
-) -> list[tuple[int, int]]:
-    """The input range each span runs on: at least ``overlap`` more on each side.
+def _tiling(
+    length: int, tile: int, overlap: int, multiple: int
+) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """Split one axis into ``(span, context)`` pairs: write ``span``, run on ``context``.
 
-    Every range has the same length where the image allows (a window slid inward at the image
-    borders rather than clipped), so the model sees few distinct input shapes: CPU backends
-    prepare kernels per shape, which costs more than the extra context.  Starts are aligned
-    down to ``multiple`` so that models that work on pixel blocks (pixel unshuffle) group the
-    pixels as they do on the whole image.
+    Spans are near-equal, at most about ``tile`` long (see :func:`_spans`).  Each context adds at
+    least ``overlap`` on each side where the image has pixels; all contexts have the same length
+    (a window slid inward at the image borders rather than clipped), so the model sees few
+    distinct input shapes: CPU backends prepare kernels per shape, which costs more than the
+    extra context.  When that window covers the whole axis, the axis is not split at all, and
+    neighbouring spans that end up with the same context are merged (one model call).
+    Context starts are aligned down to ``multiple`` so that models that work on pixel blocks
+    (pixel unshuffle) group the pixels as they do on the whole image.
     """
+    spans = _spans(length, tile, multiple)
     widest = max(end - start for start, end in spans)
-    window = min(length, widest + 2 * overlap + multiple - 1)
-    contexts = []
+    window = math.ceil((widest + 2 * overlap) / multiple) * multiple
+    if window >= length:
+        return [((0, length), (0, length))]
+    pairs: list[tuple[tuple[int, int], tuple[int, int]]] = []
     for start, end in spans:
         ctx_start = max(min(start - overlap, length - window), 0) // multiple * multiple
-        contexts.append((ctx_start, min(max(ctx_start + window, end), length)))
-    return contexts
+        context = (ctx_start, min(max(ctx_start + window, end), length))
+        if pairs and pairs[-1][1] == context:  # same input: run it once for both spans
+            pairs[-1] = ((pairs[-1][0][0], end), context)
+        else:
+            pairs.append(((start, end), context))
+    return pairs
 
 
 def _to_uint8(tensor: torch.Tensor) -> np.ndarray:
@@ -203,11 +219,12 @@ def upscale(
 
     The image is split into near-equal tiles of at most ``tile`` x ``tile`` input pixels; each is
     run with at least ``overlap`` extra pixels of context on every side (where the image has
-    them; at the border the window slides inward, so all tiles run at one input size) and
-    only its centre is written into the output, so peak memory depends on the tile size, not on
-    the image size.  With the default overlap (:func:`default_overlap`) the result matches
-    untiled inference within 1/255 for Real-ESRGAN x4plus and animevideov3 (see the module
-    docstring).
+    them; at the border the window slides inward, so all tiles run at one input size; an axis
+    whose window would cover the whole image is not split) and only its centre is written into
+    the output.  The model never sees more than about ``tile + 2 * overlap`` pixels a side, so
+    its peak memory does not grow with the image.  With the default overlap
+    (:func:`default_overlap`) the result matches untiled inference within 1/255 for Real-ESRGAN
+    x4plus and animevideov3 (see the module docstring).
 
     Colour modes: RGB is upscaled as is; L, P, CMYK and other modes are converted to RGB first;
     images with transparency (RGBA, LA, PA, P with a transparent index) have their RGB channels
@@ -243,13 +260,9 @@ def upscale(
     source = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)
     output = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
     with torch.inference_mode():
-        rows, columns = _spans(height, tile, multiple), _spans(width, tile, multiple)
-        row_contexts = _contexts(rows, overlap, height, multiple)
-        column_contexts = _contexts(columns, overlap, width, multiple)
-        for (top, bottom), (ctx_top, ctx_bottom) in zip(rows, row_contexts, strict=True):
-            for (left, right), (ctx_left, ctx_right) in zip(
-                columns, column_contexts, strict=True
-            ):
+        columns = _tiling(width, tile, overlap, multiple)
+        for (top, bottom), (ctx_top, ctx_bottom) in _tiling(height, tile, overlap, multiple):
+            for (left, right), (ctx_left, ctx_right) in columns:
                 piece = source[:, :, ctx_top:ctx_bottom, ctx_left:ctx_right]
                 result = model(piece.to(device=model.device, dtype=model.dtype).div(255.0))
                 y0, x0 = (top - ctx_top) * scale, (left - ctx_left) * scale
