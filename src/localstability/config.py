@@ -69,6 +69,11 @@ class Settings(BaseSettings):
         "and an API key and print the key once.",
     )
     bootstrap_credits: float = 1000.0
+    trim_memory: bool = Field(
+        True,
+        description="Return freed memory to the OS after each job (lower resident memory; "
+        "the next job pays some page faults).",
+    )
     max_upload_bytes: int = Field(10 * 1024 * 1024, description="Largest accepted image file.")
     max_upload_pixels: int = Field(
         4096 * 4096, description="Largest accepted image, in pixels (decompression bombs)."

@@ -26,5 +26,8 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # from_pipe casts with dtype=None, and diffusers then warns on every request that
+    # "modules should be kept in float32: []" (an empty list): noise, not a problem.
+    logging.getLogger("diffusers.models.modeling_utils").setLevel("ERROR")
     # Our own middleware logs each request; uvicorn's access line would repeat it.
     logging.getLogger("uvicorn.access").setLevel("WARNING")

@@ -45,7 +45,7 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
         settings.offline,
         settings.data_dir / "models",
     )
-    worker = InferenceWorker()
+    worker = InferenceWorker(trim_memory=settings.trim_memory)
     context = AppContext(
         settings=settings,
         accounts=AccountService(database),
