@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
-from localstability.api.deps import Context, CurrentPrincipal, parse_json_body, wants_png
+from localstability.api.deps import (
+    AppContext,
+    Context,
+    CurrentPrincipal,
+    parse_json_body,
+    wants_png,
+)
 from localstability.api.multipart import parse_fields, read_multipart
 from localstability.engines import Task
 from localstability.protocol import (
@@ -107,6 +115,26 @@ async def text_to_image(
     return artifacts_response(artifacts, png)
 
 
+async def _multipart_generation(
+    request: Request,
+    engine_id: str,
+    accept: str | None,
+    task: Task,
+    model: type[BaseModel],
+    file_fields: tuple[str, ...],
+    run: Callable[..., Awaitable[list[Artifact]]],
+    context: AppContext,
+) -> Response:
+    """The shape every multipart endpoint shares: engine check, form, fields, run, response."""
+    png = wants_png(accept)
+    # An unknown engine, or one that can't do the task, is refused before the body is read.
+    context.generation.engine(engine_id, task)
+    form = await read_multipart(request, file_fields, context.settings.max_upload_bytes)
+    body = parse_fields(form, model)
+    artifacts = await run(engine_id, body, form.files, png_response=png)
+    return artifacts_response(artifacts, png)
+
+
 @router.post(
     "/v1/generation/{engine_id}/image-to-image",
     responses=_GENERATION_RESPONSES,
@@ -121,14 +149,16 @@ async def image_to_image(
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Generate images from an init image and text prompts (multipart/form-data)."""
-    png = wants_png(accept)
-    context.generation.engine(engine_id, Task.IMAGE_TO_IMAGE)
-    form = await read_multipart(request, ("init_image",), context.settings.max_upload_bytes)
-    body = parse_fields(form, ImageToImageRequestBody)
-    artifacts = await context.generation.image_to_image(
-        engine_id, body, form.files, png_response=png
+    return await _multipart_generation(
+        request,
+        engine_id,
+        accept,
+        Task.IMAGE_TO_IMAGE,
+        ImageToImageRequestBody,
+        ("init_image",),
+        context.generation.image_to_image,
+        context,
     )
-    return artifacts_response(artifacts, png)
 
 
 @router.post(
@@ -145,14 +175,16 @@ async def masking(
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Regenerate the masked part of an init image (multipart/form-data)."""
-    png = wants_png(accept)
-    context.generation.engine(engine_id, Task.MASKING)
-    form = await read_multipart(
-        request, ("init_image", "mask_image"), context.settings.max_upload_bytes
+    return await _multipart_generation(
+        request,
+        engine_id,
+        accept,
+        Task.MASKING,
+        MaskingRequestBody,
+        ("init_image", "mask_image"),
+        context.generation.masking,
+        context,
     )
-    body = parse_fields(form, MaskingRequestBody)
-    artifacts = await context.generation.masking(engine_id, body, form.files, png_response=png)
-    return artifacts_response(artifacts, png)
 
 
 @router.post(
@@ -169,9 +201,13 @@ async def upscale(
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Upscale an image with Real-ESRGAN or the x4 latent upscaler (multipart/form-data)."""
-    png = wants_png(accept)
-    context.generation.engine(engine_id, Task.UPSCALE)
-    form = await read_multipart(request, ("image",), context.settings.max_upload_bytes)
-    body = parse_fields(form, UpscaleRequestBody)
-    artifacts = await context.generation.upscale(engine_id, body, form.files, png_response=png)
-    return artifacts_response(artifacts, png)
+    return await _multipart_generation(
+        request,
+        engine_id,
+        accept,
+        Task.UPSCALE,
+        UpscaleRequestBody,
+        ("image",),
+        context.generation.upscale,
+        context,
+    )
