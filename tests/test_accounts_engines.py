@@ -120,3 +120,29 @@ def test_keys_create_and_organization_header(server: Server) -> None:
 def test_unknown_route_gets_envelope(client: httpx.Client) -> None:
     assert_envelope(client.get("/v1/nothing-here"), 404, "not_found")
     assert_envelope(client.delete("/v1/engines/list"), 405, "method_not_allowed")
+
+
+def test_openapi_describes_the_v1_paths_and_bodies(client: httpx.Client) -> None:
+    document = client.get("/openapi.json").json()
+    generation = "/v1/generation/{engine_id}"
+    assert set(document["paths"]) == {
+        "/v1/engines/list",
+        "/v1/user/account",
+        "/v1/user/balance",
+        f"{generation}/text-to-image",
+        f"{generation}/image-to-image",
+        f"{generation}/image-to-image/masking",
+        f"{generation}/image-to-image/upscale",
+    }
+    text_to_image = document["paths"][f"{generation}/text-to-image"]["post"]
+    body = text_to_image["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/TextToImageRequestBody"}
+    schemas = document["components"]["schemas"]
+    assert schemas["TextToImageRequestBody"]["properties"]["steps"]["default"] == 30
+    masking = document["paths"][f"{generation}/image-to-image/masking"]["post"]
+    assert "multipart/form-data" in masking["requestBody"]["content"]
+    assert set(schemas["MaskSource"]["enum"]) == {
+        "MASK_IMAGE_WHITE",
+        "MASK_IMAGE_BLACK",
+        "INIT_IMAGE_ALPHA",
+    }
