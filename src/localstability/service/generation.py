@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Callable
@@ -110,8 +111,9 @@ class GenerationService:
     def source(self, engine: EngineSpec) -> WeightSource:
         return weight_source(self.settings, engine)
 
-    def decode(self, data: bytes, field: str) -> PILImage.Image:
-        return decode_upload(data, field, self.settings.max_upload_pixels)
+    async def decode(self, data: bytes, field: str) -> PILImage.Image:
+        """Decode an upload on a thread: a large image takes a while and the loop serves on."""
+        return await asyncio.to_thread(decode_upload, data, field, self.settings.max_upload_pixels)
 
     def _common(
         self, body: GenerationRequestOptionalParams, text_prompts: list[TextPrompt], png: bool
@@ -163,7 +165,7 @@ class GenerationService:
     ) -> list[Artifact]:
         """Image-to-image: the output takes the init image's size, under the engine's rules."""
         engine = self.engine(engine_id, Task.IMAGE_TO_IMAGE)
-        init_image = self.decode(required_file(files, "init_image"), "init_image")
+        init_image = await self.decode(required_file(files, "init_image"), "init_image")
         engine.check_size(*init_image.size)
         common = self._common(body, body.text_prompts, png_response)
         if body.init_image_mode == InitImageMode.IMAGE_STRENGTH:
@@ -185,8 +187,8 @@ class GenerationService:
     ) -> list[Artifact]:
         """Inpainting: regenerate where the mask says, keep the init image's pixels elsewhere."""
         engine = self.engine(engine_id, Task.MASKING)
-        init_image = self.decode(required_file(files, "init_image"), "init_image")
-        mask = self._mask(body.mask_source, init_image, files)
+        init_image = await self.decode(required_file(files, "init_image"), "init_image")
+        mask = await self._mask(body.mask_source, init_image, files)
         engine.check_size(*init_image.size)
         params = diffusion.InpaintParams(
             **self._common(body, body.text_prompts, png_response),
@@ -211,7 +213,7 @@ class GenerationService:
     ) -> list[Artifact]:
         """Upscale: twice the input by default, or to the given width or height (aspect kept)."""
         engine = self.engine(engine_id, Task.UPSCALE)
-        image = self.decode(required_file(files, "image"), "image")
+        image = await self.decode(required_file(files, "image"), "image")
         width, height = upscale_size(*image.size, body.width, body.height)
         seed = sample_seeds(body.seed, 1)[0]
         source = self.source(engine)
@@ -250,7 +252,7 @@ class GenerationService:
 
         return await self.worker.run(latent_job)
 
-    def _mask(
+    async def _mask(
         self, mask_source: MaskSource, init_image: PILImage.Image, files: dict[str, bytes]
     ) -> PILImage.Image:
         """The mask as L: 255 where the image is regenerated, 0 where it is kept."""
@@ -267,7 +269,7 @@ class GenerationService:
             raise errors.InvalidMaskImage(
                 f"mask_image: is required when mask_source is {mask_source.value}"
             )
-        mask = self.decode(files["mask_image"], "mask_image")
+        mask = await self.decode(files["mask_image"], "mask_image")
         if mask.size != init_image.size:
             raise errors.InvalidImageDimensions(
                 f"mask_image is {mask.size[0]}x{mask.size[1]} but init_image is "
