@@ -9,6 +9,11 @@ families, so the whole server can be exercised end to end:
     :class:`~diffusers.StableDiffusionPipeline` shaped like SD 1.5: a ``quick_gelu``
     :class:`~transformers.CLIPTextModel`, a VAE with ``vae_scale_factor`` 8, and the SD 1.5
     PNDM scheduler configuration.
+``sd1-inpaint``
+    :class:`~diffusers.StableDiffusionInpaintPipeline` shaped like a dedicated SD 1.5
+    inpainting checkpoint: the ``sd1`` text encoder, tokenizer, VAE and scheduler (identical
+    weights) with its own UNet of 9 input channels (4 latent + 1 mask + the 4 channels of the
+    masked image's latents).  It only inpaints.
 ``sd2``
     Like SD 2.x: an OpenCLIP-style (``gelu``) text encoder, a UNet with linear projections
     and upcast attention, an Euler scheduler with ``prediction_type="v_prediction"`` and a
@@ -68,7 +73,7 @@ __all__ = [
     "is_tiny_fixture",
 ]
 
-FAMILIES: tuple[str, ...] = ("sd1", "sd2", "sdxl", "sd-x4-upscaler")
+FAMILIES: tuple[str, ...] = ("sd1", "sd1-inpaint", "sd2", "sdxl", "sd-x4-upscaler")
 """The families :func:`build_tiny_pipeline` can build."""
 
 CLIP_BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
@@ -121,6 +126,8 @@ _X4_LATENT_SCALING = 0.08333  # the pipeline resets any other value (with a depr
 _X4_IMAGE_CHANNELS = 3  # the noised low-resolution RGB image, concatenated to the 4 latents
 _X4_NUM_NOISE_LEVELS = 1000  # class embeddings for noise_level, as in the real UNet
 _X4_MAX_NOISE_LEVEL = 350
+# Inpainting UNet: 4 latent + 1 mask + 4 masked-image latent channels.
+_INPAINT_UNET_IN_CHANNELS = 4 + 1 + 4
 
 _SD_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -150,7 +157,10 @@ Do not use it as a model.  It is rebuilt deterministically with:
 
 # What each family's pipeline runs, for the fixture marker text.
 _DEFAULT_TASKS = "text-to-image, image-to-image and\ninpainting"
-_FAMILY_TASKS: dict[str, str] = {"sd-x4-upscaler": "text-guided 4x\nupscaling"}
+_FAMILY_TASKS: dict[str, str] = {
+    "sd1-inpaint": "inpainting (its UNet\nhas 9 input channels)",
+    "sd-x4-upscaler": "text-guided 4x\nupscaling",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,6 +417,31 @@ def _build_sd1() -> DiffusionPipeline:
     )
 
 
+def _build_sd1_inpaint() -> DiffusionPipeline:
+    from diffusers import PNDMScheduler, StableDiffusionInpaintPipeline
+
+    # The sd1 components (same seeds, so the same weights) with a 9-channel UNet of its own.
+    scheduler = PNDMScheduler(**_SD_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False)
+    unet = _unet(
+        4,
+        sample_size=64,
+        in_channels=_INPAINT_UNET_IN_CHANNELS,
+        cross_attention_dim=_TEXT_HIDDEN,
+        attention_head_dim=4,
+    )
+    return StableDiffusionInpaintPipeline(
+        vae=_vae(1, sample_size=512, scaling_factor=0.18215),
+        text_encoder=_text_encoder(2, "quick_gelu", pad_token_id=_EOS_ID, projection=False),
+        tokenizer=_make_tokenizer(pad_token=_EOS_TOKEN),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
+
+
 def _build_sd2() -> DiffusionPipeline:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
@@ -518,6 +553,7 @@ def _build_sd_x4_upscaler() -> DiffusionPipeline:
 
 _BUILDERS: dict[str, Callable[[], DiffusionPipeline]] = {
     "sd1": _build_sd1,
+    "sd1-inpaint": _build_sd1_inpaint,
     "sd2": _build_sd2,
     "sdxl": _build_sdxl,
     "sd-x4-upscaler": _build_sd_x4_upscaler,
@@ -576,7 +612,7 @@ def build_tiny_pipeline(family: str, dest: Path) -> Path:
     moved into place, so a half-written folder is never left at ``dest``.
 
     Args:
-        family: one of :data:`FAMILIES` (``"sd1"``, ``"sd2"``, ``"sdxl"``,
+        family: one of :data:`FAMILIES` (``"sd1"``, ``"sd1-inpaint"``, ``"sd2"``, ``"sdxl"``,
             ``"sd-x4-upscaler"``).
         dest: the folder to write.
 
