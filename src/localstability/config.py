@@ -69,6 +69,10 @@ class Settings(BaseSettings):
         "and an API key and print the key once.",
     )
     bootstrap_credits: float = 1000.0
+    rate_limit_requests: int = Field(
+        150, description="Requests per API key in each rate-limit window; 0 turns limits off."
+    )
+    rate_limit_window_s: float = Field(10.0, description="The rate-limit window in seconds.")
     trim_memory: bool = Field(
         True,
         description="Return freed memory to the OS after each job (lower resident memory; "

@@ -75,3 +75,9 @@ class InvalidImageDimensions(BadRequest):
 
 class InvalidMaskImage(BadRequest):
     name = "invalid_mask_image"
+
+
+class RateLimited(ApiError):
+    """Too many requests for one API key (the spec leaves the 429 body open: the envelope)."""
+
+    status, name = 429, "rate_limited"

@@ -29,6 +29,7 @@ from localstability.protocol import (
 )
 from localstability.service.accounts import AccountService
 from localstability.service.generation import GenerationService
+from localstability.service.ratelimit import RateLimiter
 from localstability.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,9 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
     worker = InferenceWorker(trim_memory=settings.trim_memory)
     context = AppContext(
         settings=settings,
-        accounts=AccountService(database),
+        accounts=AccountService(
+            database, RateLimiter(settings.rate_limit_requests, settings.rate_limit_window_s)
+        ),
         generation=GenerationService(settings, pipelines, worker),
     )
     return context, database, worker

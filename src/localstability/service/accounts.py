@@ -8,14 +8,16 @@ from localstability.protocol import (
     BalanceResponseBody,
     OrganizationMembership,
 )
+from localstability.service.ratelimit import RateLimiter
 from localstability.store import accounts
 from localstability.store.accounts import CreatedKey, Principal
 from localstability.store.db import Database
 
 
 class AccountService:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, limiter: RateLimiter | None = None) -> None:
         self.database = database
+        self.limiter = limiter
 
     def authenticate(self, authorization: str | None, organization_id: str | None) -> Principal:
         """Check an Authorization header ("Bearer KEY" or a bare key)."""
@@ -26,7 +28,10 @@ class AccountService:
         if not key:
             raise errors.Unauthorized("missing API key in the authorization header")
         with self.database.session.begin() as session:
-            return accounts.authenticate(session, key, organization_id or None)
+            principal = accounts.authenticate(session, key, organization_id or None)
+        if self.limiter is not None:
+            self.limiter.check(principal.key_id)
+        return principal
 
     def account(self, principal: Principal) -> AccountResponseBody:
         with self.database.session() as session:

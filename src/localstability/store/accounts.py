@@ -35,6 +35,7 @@ class Principal:
 
     user_id: str
     organization_id: str
+    key_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,13 @@ def authenticate(session: Session, key: str, organization_id: str | None) -> Pri
     if organization_id:
         if not any(m.organization_id == organization_id for m in memberships):
             raise errors.PermissionDenied("You do not have permission to access this resource")
-        return Principal(match.user_id, organization_id)
+        return Principal(match.user_id, organization_id, match.id)
     default = next((m for m in memberships if m.is_default), None) or (
         memberships[0] if memberships else None
     )
     if default is None:
         raise errors.PermissionDenied("this API key's user belongs to no organization")
-    return Principal(match.user_id, default.organization_id)
+    return Principal(match.user_id, default.organization_id, match.id)
 
 
 def get_user(session: Session, user_id: str) -> User:
