@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
+
 from localstability.tiny import FAMILIES
-from tests.conftest import run_cli
+from tests.conftest import Server, run_cli
 
 
 def test_make_tiny_writes_labelled_fixtures_and_config(tiny_dir: Path) -> None:
@@ -76,3 +78,24 @@ def test_keys_create_prints_only_the_key(tmp_path: Path) -> None:
         "keys", "create", "--email", "carol@example.com", LOCALSTABILITY_DATA_DIR=str(tmp_path)
     )
     assert again.stdout.strip() != lines[0]
+
+
+def test_keys_list_and_revoke(server: Server) -> None:
+    config = str(server.config)
+    key = run_cli("keys", "create", "--email", "dave@example.com", "--config", config)
+    secret = key.stdout.strip()
+    url = server.base_url + "/v1/user/balance"
+    assert httpx.get(url, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
+    listed = run_cli("keys", "list", "--email", "dave@example.com", "--config", config).stdout
+    assert secret not in listed
+    prefix = listed.split()[0]
+    assert secret.startswith(prefix.removesuffix("...")) and "active" in listed
+    assert "revoked 1 key" in run_cli("keys", "revoke", prefix, "--config", config).stdout
+    refused = httpx.get(url, headers={"Authorization": f"Bearer {secret}"})
+    assert refused.status_code == 401 and refused.json()["name"] == "unauthorized"
+    assert (
+        "revoked"
+        in run_cli("keys", "list", "--email", "dave@example.com", "--config", config).stdout
+    )
+    again = run_cli("keys", "revoke", prefix, "--config", config, check=False)
+    assert again.returncode == 1

@@ -70,6 +70,47 @@ def keys_create(
     typer.echo(created.key)
 
 
+@keys_app.command("list")
+def keys_list(
+    email: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """List keys by their prefix (keys themselves are never stored)."""
+    from localstability.store.accounts import list_keys
+    from localstability.store.db import Database
+
+    database = Database(_settings(config).sqlalchemy_url)
+    try:
+        with database.session() as session:
+            for key in list_keys(session, email):
+                state = "revoked" if key.revoked else "active"
+                used = key.last_used_at or "never used"
+                typer.echo(f"{key.prefix}...  {key.email:30} {state:8} {key.created_at}  {used}")
+    finally:
+        database.dispose()
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix as `keys list` shows it.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a key: it gets 401 from then on."""
+    from localstability.store.accounts import revoke_key
+    from localstability.store.db import Database
+
+    database = Database(_settings(config).sqlalchemy_url)
+    try:
+        with database.session.begin() as session:
+            count = revoke_key(session, prefix.removesuffix("..."))
+    finally:
+        database.dispose()
+    if not count:
+        typer.echo(f"no active key with prefix {prefix}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"revoked {count} key(s) with prefix {prefix}")
+
+
 @models_app.command("list")
 def models_list(config: ConfigOption = None) -> None:
     """Each engine, where its weights come from, and whether they are on this machine."""

@@ -123,3 +123,42 @@ def get_organization(session: Session, organization_id: str) -> Organization:
     if org is None:
         raise errors.PermissionDenied("You do not have permission to access this resource")
     return org
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """What an administrator may see of a key: never the key itself."""
+
+    prefix: str
+    email: str
+    created_at: str
+    last_used_at: str | None
+    revoked: bool
+
+
+def list_keys(session: Session, email: str | None = None) -> list[KeyInfo]:
+    query = select(ApiKey, User.email).join(User, ApiKey.user_id == User.id).order_by(ApiKey.id)
+    if email:
+        query = query.where(User.email == email)
+    return [
+        KeyInfo(
+            prefix=key.prefix,
+            email=user_email,
+            created_at=key.created_at.isoformat(timespec="seconds"),
+            last_used_at=key.last_used_at.isoformat(timespec="seconds")
+            if key.last_used_at
+            else None,
+            revoked=key.revoked_at is not None,
+        )
+        for key, user_email in session.execute(query).all()
+    ]
+
+
+def revoke_key(session: Session, prefix: str) -> int:
+    """Revoke every live key whose lookup prefix is `prefix`; returns how many."""
+    keys = session.scalars(
+        select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))
+    ).all()
+    for key in keys:
+        key.revoked_at = utcnow()
+    return len(keys)
