@@ -38,6 +38,8 @@ from typing import Any, TypeVar
 import numpy as np
 from PIL import Image
 
+from localstability.upscalers.metrics import edge_energy, max_diff, psnr, ssim
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("realesrgan-x4plus", "realesr-animevideov3-x4")
 # (photo in skimage/data, left, top) of each 128x128 crop; the first is the one the tests use.
@@ -56,33 +58,6 @@ def photo(name: str) -> Image.Image:
     raise SystemExit(
         f"scikit-image is not installed (it ships data/{name}): pip install scikit-image"
     )
-
-
-def psnr(reference: Image.Image, image: Image.Image) -> float:
-    diff = np.asarray(reference, dtype=np.float64) - np.asarray(image, dtype=np.float64)
-    return float(10.0 * np.log10(255.0**2 / np.mean(diff**2)))
-
-
-def ssim(reference: Image.Image, image: Image.Image) -> float:
-    from skimage.metrics import structural_similarity
-
-    return float(
-        structural_similarity(
-            np.asarray(reference), np.asarray(image), channel_axis=2, data_range=255
-        )
-    )
-
-
-def edge_energy(image: Image.Image) -> float:
-    from scipy import ndimage
-
-    luma = np.asarray(image.convert("L"), dtype=np.float64)
-    return float(np.hypot(ndimage.sobel(luma, 0), ndimage.sobel(luma, 1)).mean())
-
-
-def max_diff(first: Image.Image, second: Image.Image) -> int:
-    a, b = np.asarray(first, dtype=np.int16), np.asarray(second, dtype=np.int16)
-    return int(np.abs(a - b).max())
 
 
 def timed(function: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, float]:

@@ -26,6 +26,7 @@ from localstability.upscalers.esrgan import (
     upscale_to,
     write_tiny_esrgan,
 )
+from localstability.upscalers.metrics import edge_energy, max_diff, psnr, ssim
 from localstability.upscalers.ncnn import (
     PACKAGED_MODELS,
     convert_ncnn,
@@ -58,38 +59,6 @@ def _skimage_photo(name: str) -> Path:
         if path.is_file():
             return path
     pytest.skip(f"scikit-image (which ships data/{name} in its wheel) is not installed")
-
-
-def _pixels(image: Image.Image) -> np.ndarray:
-    return np.asarray(image, dtype=np.float64)
-
-
-def psnr(reference: Image.Image, image: Image.Image) -> float:
-    mse = float(np.mean((_pixels(reference) - _pixels(image)) ** 2))
-    return 10.0 * float(np.log10(255.0**2 / mse))
-
-
-def ssim(reference: Image.Image, image: Image.Image) -> float:
-    from skimage.metrics import structural_similarity
-
-    return float(
-        structural_similarity(
-            np.asarray(reference), np.asarray(image), channel_axis=2, data_range=255
-        )
-    )
-
-
-def edge_energy(image: Image.Image) -> float:
-    """Mean Sobel gradient magnitude of the luminance."""
-    from scipy import ndimage
-
-    luma = np.asarray(image.convert("L"), dtype=np.float64)
-    return float(np.hypot(ndimage.sobel(luma, 0), ndimage.sobel(luma, 1)).mean())
-
-
-def max_diff(first: Image.Image, second: Image.Image) -> int:
-    assert first.size == second.size and first.mode == second.mode
-    return int(np.abs(_pixels(first) - _pixels(second)).max())
 
 
 def assert_same_tensors(first: Path, second: Path) -> None:
