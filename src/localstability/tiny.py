@@ -46,7 +46,6 @@ importing this module is cheap.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import shutil
@@ -57,6 +56,8 @@ from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from localstability.packaged import package_dirs
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
@@ -180,18 +181,12 @@ def find_clip_bpe_file() -> Path:
     """
     searched: list[str] = []
     for name in _BPE_PACKAGES:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None:
+        locations = package_dirs(name)
+        if not locations:
             searched.append(f"{name} (not installed)")
             continue
-        locations = list(spec.submodule_search_locations or [])
-        if not locations and spec.origin:
-            locations = [str(Path(spec.origin).parent)]
         for location in locations:
-            candidate = Path(location) / CLIP_BPE_FILENAME
+            candidate = location / CLIP_BPE_FILENAME
             if candidate.is_file():
                 return candidate
             searched.append(str(candidate))

@@ -24,7 +24,6 @@ numpy is imported at module level; torch and safetensors are imported inside the
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import uuid
 from collections.abc import Callable, Mapping
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from localstability.packaged import package_dirs
 
 if TYPE_CHECKING:
     import torch
@@ -472,21 +473,13 @@ def find_packaged_model(name: str) -> tuple[Path, Path]:
             f"unknown packaged model {name!r}; expected one of {list(PACKAGED_MODELS)}"
         )
     stem = PACKAGED_MODELS[name]
-    try:
-        spec = importlib.util.find_spec(PACKAGE_NAME)
-    except (ImportError, ValueError):
-        spec = None
     searched: list[str] = []
-    if spec is not None:
-        locations = list(spec.submodule_search_locations or [])
-        if not locations and spec.origin:
-            locations = [str(Path(spec.origin).parent)]
-        for location in locations:
-            param = Path(location) / "models" / f"{stem}.param"
-            bin_path = param.with_suffix(".bin")
-            if param.is_file() and bin_path.is_file():
-                return param, bin_path
-            searched.append(str(param.parent))
+    for location in package_dirs(PACKAGE_NAME):
+        param = location / "models" / f"{stem}.param"
+        bin_path = param.with_suffix(".bin")
+        if param.is_file() and bin_path.is_file():
+            return param, bin_path
+        searched.append(str(param.parent))
     where = f" (searched {', '.join(searched)})" if searched else " (package not installed)"
     raise FileNotFoundError(
         f"Cannot find the ncnn files of {name!r} ({stem}.param/.bin){where}. They ship inside "
