@@ -115,19 +115,14 @@ def keys_revoke(
 def models_list(config: ConfigOption = None) -> None:
     """Each engine, where its weights come from, and whether they are on this machine."""
     from localstability.engines import CATALOGUE
-    from localstability.inference.loader import WeightSource
-    from localstability.service.generation import weight_source
+    from localstability.service.generation import fallback_source, weight_source
 
     settings = _settings(config)
     models_dir = settings.data_dir / "models"
     for engine in CATALOGUE.values():
         engine_config = settings.engine_config(engine.id)
         source = weight_source(settings, engine)
-        fallback = (
-            WeightSource(engine.id, engine.family, engine.fallback_source)
-            if engine.fallback_source and not engine_config.source
-            else None
-        )
+        fallback = fallback_source(settings, engine)
         if not engine_config.enabled:
             state = "disabled"
         elif source.is_ready(models_dir):
@@ -149,8 +144,8 @@ def models_pull(
     """Fetch an engine's weights ahead of time (shows download progress)."""
     from localstability import errors
     from localstability.engines import get_engine
-    from localstability.inference.loader import WeightSource, download
-    from localstability.service.generation import weight_source
+    from localstability.inference.loader import download
+    from localstability.service.generation import fallback_source, weight_source
 
     settings = _settings(config)
     try:
@@ -160,10 +155,10 @@ def models_pull(
         try:
             path = download(source, settings.offline, models_dir)
         except errors.EngineUnavailable as exc:
-            if not engine.fallback_source or settings.engine_config(engine_id).source:
+            fallback = fallback_source(settings, engine)
+            if fallback is None:
                 raise
-            typer.echo(f"{exc.message}\nusing the offline fallback {engine.fallback_source}")
-            fallback = WeightSource(engine.id, engine.family, engine.fallback_source)
+            typer.echo(f"{exc.message}\nusing the offline fallback {fallback.source}")
             path = download(fallback, settings.offline, models_dir)
     except errors.ApiError as exc:
         typer.echo(exc.message, err=True)

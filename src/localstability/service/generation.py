@@ -80,6 +80,13 @@ def weight_source(settings: Settings, engine: EngineSpec, role: str = "base") ->
     )
 
 
+def fallback_source(settings: Settings, engine: EngineSpec) -> WeightSource | None:
+    """The catalogue's fallback weights, used only while the engine's source is the default."""
+    if not engine.fallback_source or settings.engine_config(engine.id).source:
+        return None
+    return WeightSource(engine.id, engine.family, engine.fallback_source)
+
+
 def required_file(files: dict[str, bytes], name: str) -> bytes:
     try:
         return files[name]
@@ -218,12 +225,7 @@ class GenerationService:
         seed = sample_seeds(body.seed, 1)[0]
         source = self.source(engine)
         if engine.family == Family.ESRGAN:
-            config = self.settings.engine_config(engine.id)
-            fallback = (
-                WeightSource(engine.id, engine.family, engine.fallback_source)
-                if engine.fallback_source and not config.source
-                else None
-            )
+            fallback = fallback_source(self.settings, engine)
 
             def esrgan_job() -> list[Artifact]:
                 model = upscale.load_esrgan(self.pipelines, source, fallback)
