@@ -216,6 +216,3 @@ class PipelineCache:
             if key not in self._pipelines:
                 self._pipelines[key] = load()
             return self._pipelines[key]
-
-    def loaded(self) -> int:
-        return len(self._pipelines)

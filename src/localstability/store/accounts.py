@@ -7,7 +7,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from localstability import errors
@@ -79,7 +79,7 @@ def create_key(session: Session, user_id: str) -> str:
 
 
 def count_keys(session: Session) -> int:
-    return len(session.scalars(select(ApiKey.id)).all())
+    return session.scalar(select(func.count()).select_from(ApiKey)) or 0
 
 
 def authenticate(session: Session, key: str, organization_id: str | None) -> Principal:
