@@ -68,3 +68,33 @@ def prompt_fields(*prompts: tuple[str, float], start: int = 0) -> dict[str, str]
         fields[f"text_prompts[{start + offset}][text]"] = text
         fields[f"text_prompts[{start + offset}][weight]"] = str(weight)
     return fields
+
+
+def direct_pipeline(pipeline_class: Any, folder: Any, scheduler_class: Any = None) -> Any:
+    """The baseline the server must match: a diffusers pipeline loaded straight from `folder`,
+    with the scheduler of the server's default sampler (K_DPMPP_2M) unless one is given."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    pipe = pipeline_class.from_pretrained(folder)
+    pipe.scheduler = (scheduler_class or DPMSolverMultistepScheduler).from_config(
+        pipe.scheduler.config
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def seeded(seeds: list[int] | tuple[int, ...]) -> list[Any]:
+    """One CPU torch.Generator per seed, as a client of diffusers would pass them."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
+def composited(init: Image.Image, generated: Image.Image, mask: Image.Image) -> np.ndarray:
+    """The documented masking composite, written independently of the server's code:
+    round(init * (1 - m) + generated * m) with m = mask / 255."""
+    weight = np.asarray(mask, np.float32)[..., None] / 255.0
+    blended = (
+        np.asarray(init.convert("RGB"), np.float32) * (1 - weight) + pixels(generated) * weight
+    )
+    return np.clip(np.rint(blended), 0, 255).astype(np.int16)

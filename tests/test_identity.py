@@ -8,7 +8,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -16,7 +15,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from tests.helpers import artifact_image, pixels
+from tests.helpers import artifact_image, direct_pipeline, pixels, seeded
 
 CASES = [
     # engine, family folder, pipeline class, size, sampler name, scheduler class
@@ -58,14 +57,12 @@ CASES = [
 def direct_images(
     folder: Path, pipeline_class: Any, scheduler_class: Any, **call: Any
 ) -> list[np.ndarray]:
-    pipe = pipeline_class.from_pretrained(folder)
-    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = direct_pipeline(pipeline_class, folder, scheduler_class)
     seeds = call.pop("seeds")
     result = pipe(
         **call,
         num_images_per_prompt=len(seeds),
-        generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+        generator=seeded(seeds),
     )
     return [pixels(image) for image in result.images]
 

@@ -8,14 +8,21 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 from diffusers import (
-    DPMSolverMultistepScheduler,
     StableDiffusionImg2ImgPipeline,
     StableDiffusionXLImg2ImgPipeline,
 )
 
-from tests.helpers import artifact_image, encode, pixels, png_image, prompt_fields, sample_picture
+from tests.helpers import (
+    artifact_image,
+    direct_pipeline,
+    encode,
+    pixels,
+    png_image,
+    prompt_fields,
+    sample_picture,
+    seeded,
+)
 from tests.test_accounts_engines import assert_envelope
 
 SD1 = "/v1/generation/stable-diffusion-v1-6/image-to-image"
@@ -234,10 +241,7 @@ def test_matches_diffusers_img2img_pixel_for_pixel(
     }
     response = client.post(path, data=fields, files={"init_image": ("i.png", encode(init))})
     served = [pixels(artifact_image(a)) for a in ok_artifacts(response)]
-    pipe = pipeline_class.from_pretrained(tiny_dir / family)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    direct = pipe(
+    direct = direct_pipeline(pipeline_class, tiny_dir / family)(
         prompt="a red house",
         negative_prompt="blurry",
         image=init,
@@ -245,7 +249,7 @@ def test_matches_diffusers_img2img_pixel_for_pixel(
         num_inference_steps=10,
         guidance_scale=6.0,
         num_images_per_prompt=2,
-        generator=[torch.Generator("cpu").manual_seed(s) for s in (77, 78)],
+        generator=seeded((77, 78)),
     ).images
     for ours, theirs in zip(served, direct, strict=True):
         assert np.array_equal(ours, pixels(theirs))

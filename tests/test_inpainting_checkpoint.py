@@ -7,15 +7,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionInpaintPipeline
+from diffusers import StableDiffusionInpaintPipeline
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from localstability.api.app import create_app
 from localstability.config import EngineConfig, Settings
 from localstability.tiny import build_tiny_pipeline
-from tests.helpers import artifact_image, encode, pixels, prompt_fields, sample_picture
+from tests.helpers import (
+    artifact_image,
+    composited,
+    direct_pipeline,
+    encode,
+    pixels,
+    prompt_fields,
+    sample_picture,
+    seeded,
+)
 
 ENGINE = "stable-diffusion-v1-6"
 PATH = f"/v1/generation/{ENGINE}/image-to-image/masking"
@@ -96,10 +104,7 @@ def test_matches_the_checkpoint_through_diffusers_then_composite(
     models: tuple[Path, Path], served: list[np.ndarray]
 ) -> None:
     _, sd1_inpaint = models
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(sd1_inpaint)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    direct = pipe(
+    direct = direct_pipeline(StableDiffusionInpaintPipeline, sd1_inpaint)(
         prompt="a stone wall",
         image=INIT,
         mask_image=MASK,
@@ -109,13 +114,10 @@ def test_matches_the_checkpoint_through_diffusers_then_composite(
         num_inference_steps=10,
         guidance_scale=7.0,
         num_images_per_prompt=len(SEEDS),
-        generator=[torch.Generator("cpu").manual_seed(s) for s in SEEDS],
+        generator=seeded(SEEDS),
     ).images
-    weight = np.asarray(MASK, np.float32)[..., None] / 255.0
     for ours, theirs in zip(served, direct, strict=True):
-        blended = np.asarray(INIT, np.float32) * (1 - weight) + pixels(theirs) * weight
-        expected = np.clip(np.rint(blended), 0, 255).astype(np.int16)
-        assert np.array_equal(ours, expected)
+        assert np.array_equal(ours, composited(INIT, theirs, MASK))
 
 
 def test_differs_from_the_4_channel_base_pipeline(

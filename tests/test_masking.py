@@ -8,15 +8,22 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import torch
 from diffusers import (
-    DPMSolverMultistepScheduler,
     StableDiffusionInpaintPipeline,
     StableDiffusionXLInpaintPipeline,
 )
 from PIL import Image
 
-from tests.helpers import artifact_image, encode, pixels, prompt_fields, sample_picture
+from tests.helpers import (
+    artifact_image,
+    composited,
+    direct_pipeline,
+    encode,
+    pixels,
+    prompt_fields,
+    sample_picture,
+    seeded,
+)
 from tests.test_accounts_engines import assert_envelope
 
 SD1 = "/v1/generation/stable-diffusion-v1-6/image-to-image/masking"
@@ -156,10 +163,7 @@ def test_matches_diffusers_inpaint_then_composite(
         client, "MASK_IMAGE_WHITE", init=init, mask=mask, path=path, seed=31, samples=2, cfg_scale=5
     )
     served = [result(response, i) for i in range(2)]
-    pipe = pipeline_class.from_pretrained(tiny_dir / family)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
-    direct = pipe(
+    direct = direct_pipeline(pipeline_class, tiny_dir / family)(
         prompt="a stone wall",
         image=init,
         mask_image=mask,
@@ -169,10 +173,7 @@ def test_matches_diffusers_inpaint_then_composite(
         num_inference_steps=10,
         guidance_scale=5.0,
         num_images_per_prompt=2,
-        generator=[torch.Generator("cpu").manual_seed(s) for s in (31, 32)],
+        generator=seeded((31, 32)),
     ).images
-    weight = np.asarray(mask, np.float32)[..., None] / 255.0
     for ours, theirs in zip(served, direct, strict=True):
-        blended = np.asarray(init, np.float32) * (1 - weight) + pixels(theirs) * weight
-        expected = np.clip(np.rint(blended), 0, 255).astype(np.int16)
-        assert np.array_equal(ours, expected)
+        assert np.array_equal(ours, composited(init, theirs, mask))
