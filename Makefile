@@ -9,7 +9,7 @@ CONFIG ?=
 HOST ?=
 PORT ?=
 
-.PHONY: serve test venv clients lint
+.PHONY: serve test venv clients services lint
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (torch first, then the package; a few minutes on a new machine)"
@@ -28,10 +28,13 @@ serve: venv
 clients:
 	@bash scripts/setup-clients.sh
 
+services:
+	@bash scripts/setup-postgres.sh
+
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 
-test: venv clients lint
+test: venv clients services lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from localstability.testing import ServerProcess, run_cli, start_server
+from localstability.testing import (
+    PostgresServer,
+    ServerProcess,
+    run_cli,
+    start_postgres,
+    start_server,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 Server = ServerProcess
@@ -36,3 +45,81 @@ def server(tiny_dir: Path) -> Iterator[Server]:
 def client(server: Server) -> Iterator[httpx.Client]:
     with server.client() as http:
         yield http
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A throwaway PostgreSQL server on a loopback port, stopped by the fixture."""
+    server = start_postgres()
+    yield server
+    server.stop()
+
+
+DATABASES = ["sqlite", "postgresql"]
+
+
+@dataclass
+class Deployment:
+    """A server of its own (own data dir and database) with the admin CLI pointed at it."""
+
+    server: Server
+    env: dict[str, str]
+    config: Path
+
+    def admin(self, *args: str) -> str:
+        return run_cli(*args, "--config", str(self.config), env=self.env).stdout.strip()
+
+    def admin_json(self, *args: str) -> Any:
+        return json.loads(self.admin(*args, "--json"))
+
+    def new_key(self, email: str, credits: float = 0.0) -> str:
+        return self.admin("keys", "create", "--email", email, "--credits", str(credits))
+
+    def member_keys(self, organization_id: str, count: int, label: str) -> list[str]:
+        """`count` new users of the organization, one key each (in-process: quicker)."""
+        from localstability.store import accounts
+        from localstability.store.db import Database
+
+        url = self.env.get("LOCALSTABILITY_DATABASE_URL") or (
+            f"sqlite:///{Path(self.env['LOCALSTABILITY_DATA_DIR']) / 'localstability.db'}"
+        )
+        database = Database(url)
+        try:
+            with database.session.begin() as session:
+                keys = []
+                for i in range(count):
+                    email = f"{label}{i}@example.com"
+                    user = accounts.add_user(session, email)
+                    accounts.add_member(session, email, organization_id, default=True)
+                    keys.append(accounts.create_key(session, user.id))
+                return keys
+        finally:
+            database.dispose()
+
+
+def start_deployment(
+    tiny_dir: Path, directory: Path, database: str, request: pytest.FixtureRequest, **env: str
+) -> Deployment:
+    """`localstability serve` with the tiny models on SQLite or on the session's PostgreSQL."""
+    directory.mkdir(parents=True, exist_ok=True)
+    env = {"LOCALSTABILITY_DATA_DIR": str(directory / "data"), **env}
+    if database == "postgresql":
+        pg: PostgresServer = request.getfixturevalue("postgres")
+        env["LOCALSTABILITY_DATABASE_URL"] = pg.create_database(directory.name.lower())
+    config = directory / "localstability.toml"
+    # The latent upscaler's weights are missing here: its jobs fail after the reservation.
+    text = (tiny_dir / "localstability.toml").read_text()
+    text = text.replace(str(tiny_dir / "sd-x4-upscaler"), str(directory / "missing-weights"))
+    config.write_text(text)
+    server = start_server(config, directory / "server.log", env=env)
+    request.addfinalizer(server.stop)
+    return Deployment(server, env, config)
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def deployment(
+    request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Deployment:
+    """A billed deployment, once on SQLite and once on PostgreSQL."""
+    directory = tmp_path_factory.mktemp(f"deploy_{request.param}")
+    return start_deployment(tiny_dir, directory, request.param, request)

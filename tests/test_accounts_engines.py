@@ -61,8 +61,10 @@ def test_account_and_balance(client: httpx.Client) -> None:
     org = account["organizations"][0]
     assert set(org) == {"id", "name", "role", "is_default"}
     assert org["is_default"] is True
+    # The first key's 1000 credits, less what other tests on this server spent.
     balance = client.get("/v1/user/balance").json()
-    assert balance == {"credits": pytest.approx(1000.0)}
+    assert set(balance) == {"credits"}
+    assert 0 < balance["credits"] <= 1000
 
 
 @pytest.mark.parametrize("path", ["/v1/engines/list", "/v1/user/account", "/v1/user/balance"])

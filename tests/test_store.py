@@ -1,29 +1,231 @@
-"""The database schema comes from Alembic migrations, run by themselves at start."""
+"""The store on SQLite and PostgreSQL: migrations, the ledger's rules, concurrency, pricing."""
 
 from __future__ import annotations
 
+import threading
+import uuid
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
+import pytest
+import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import create_engine, inspect, select, text
+from sqlalchemy.exc import IntegrityError
 
-from localstability.store.db import Database
-from localstability.store.models import Base
+from localstability import errors
+from localstability.service.pricing import cost_micros
+from localstability.store import accounts, ledger
+from localstability.store.db import MIGRATIONS, Database
+from localstability.store.models import (
+    Base,
+    EntryKind,
+    Generation,
+    GenerationStatus,
+    LedgerEntry,
+    Organization,
+)
+from localstability.testing import PostgresServer
+from tests.conftest import DATABASES
 
 
-def test_migrations_create_the_schema_and_match_the_models(tmp_path: Path) -> None:
-    database = Database(f"sqlite:///{tmp_path / 'fresh.db'}")
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    postgres: PostgresServer = request.getfixturevalue("postgres")
+    return postgres.create_database(f"store_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    yield db
+    db.dispose()
+
+
+def test_migrations_create_the_schema_and_match_the_models(database_url: str) -> None:
+    database = Database(database_url)
     try:
         tables = set(inspect(database.engine).get_table_names())
-        assert {"users", "organizations", "memberships", "api_keys", "alembic_version"} <= tables
+        expected = {"users", "organizations", "memberships", "api_keys", "alembic_version"}
+        assert expected | {"generations", "ledger_entries"} <= tables
         with database.engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-            assert version == "0001"
+            assert version == "0002"
             # The migrations and the SQLAlchemy models describe the same schema.
             differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
             assert differences == []
     finally:
         database.dispose()
-    # Starting again on the same file is a no-op, not an error.
-    Database(f"sqlite:///{tmp_path / 'fresh.db'}").dispose()
+    # Starting again on the same database is a no-op, not an error.
+    Database(database_url).dispose()
+
+
+def _alembic(url: str, action: str, revision: str) -> None:
+    engine = create_engine(url)
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        getattr(command, action)(config, revision)
+    engine.dispose()
+
+
+def test_migration_0002_turns_float_credits_into_a_ledger(database_url: str) -> None:
+    _alembic(database_url, "upgrade", "0001")
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO organizations (id, name, credits, created_at) VALUES "
+                "('org-a', 'A', 12.5, CURRENT_TIMESTAMP), ('org-b', 'B', 0, CURRENT_TIMESTAMP)"
+            )
+        )
+    engine.dispose()
+    database = Database(database_url)  # migrates to head
+    try:
+        with database.session() as session:
+            assert session.get(Organization, "org-a").balance == 12_500_000  # type: ignore[union-attr]
+            assert session.get(Organization, "org-b").balance == 0  # type: ignore[union-attr]
+            assert ledger.audit(session, "org-a").adds_up
+            [entry] = session.scalars(select(LedgerEntry)).all()
+            assert (entry.kind, entry.amount, entry.organization_id) == (
+                EntryKind.GRANT,
+                12_500_000,
+                "org-a",
+            )
+    finally:
+        database.dispose()
+    _alembic(database_url, "downgrade", "0001")
+    engine = create_engine(database_url)
+    with engine.connect() as connection:
+        result = connection.execute(text("SELECT id, credits FROM organizations"))
+        rows = {str(row[0]): float(row[1]) for row in result}
+        assert rows == {"org-a": 12.5, "org-b": 0.0}
+        assert "ledger_entries" not in inspect(connection).get_table_names()
+    engine.dispose()
+
+
+def _org_with(database: Database, micros: int) -> str:
+    with database.session.begin() as session:
+        created = accounts.create_user(session, f"{uuid.uuid4().hex[:8]}@example.com")
+        if micros:
+            ledger.grant(session, created.organization_id, micros)
+        return created.organization_id
+
+
+def _generation(database: Database, organization_id: str, cost: int) -> Generation:
+    with database.session() as session:
+        user_id = (
+            session.scalars(select(Organization).where(Organization.id == organization_id))
+            .one()
+            .memberships[0]
+            .user_id
+        )
+    return Generation(
+        id=uuid.uuid4().hex,
+        organization_id=organization_id,
+        user_id=user_id,
+        engine_id="stable-diffusion-v1-6",
+        task="text-to-image",
+        parameters={"steps": 10},
+        cost=cost,
+    )
+
+
+def test_reserve_charge_refund_each_once(database: Database) -> None:
+    org = _org_with(database, 1_000)
+    ok, failed = _generation(database, org, 300), _generation(database, org, 200)
+    with database.session.begin() as session:
+        ledger.reserve(session, ok)
+        ledger.reserve(session, failed)
+    with database.session.begin() as session:
+        assert ledger.start(session, ok.id)
+        assert ledger.finish(session, ok.id, GenerationStatus.SUCCEEDED, finish_reasons=["SUCCESS"])
+        assert ledger.finish(session, failed.id, GenerationStatus.CANCELLED, error="gone")
+    with database.session.begin() as session:
+        # A second end moves nothing: no double charge, no double refund.
+        assert not ledger.finish(session, ok.id, GenerationStatus.FAILED)
+        assert not ledger.finish(session, failed.id, GenerationStatus.SUCCEEDED)
+        assert not ledger.start(session, ok.id)
+    with database.session() as session:
+        check = ledger.audit(session, org)
+        assert (check.balance, check.reserved) == (700, 0)
+        assert (check.charged, check.refunded) == (300, 200)
+        assert check.adds_up
+        record = session.get(Generation, ok.id)
+        assert record is not None and record.status == GenerationStatus.SUCCEEDED
+        assert record.finish_reasons == ["SUCCESS"]
+        assert isinstance(record.started_at, datetime) and record.started_at.tzinfo is not None
+    # The database itself refuses a second charge entry for one generation.
+    with pytest.raises(IntegrityError), database.session.begin() as session:
+        session.add(
+            LedgerEntry(
+                organization_id=org,
+                kind=EntryKind.CHARGE,
+                amount=300,
+                balance_after=700,
+                generation_id=ok.id,
+            )
+        )
+
+
+def test_short_balance_and_negative_grants_are_refused(database: Database) -> None:
+    org = _org_with(database, 100)
+    with pytest.raises(errors.InsufficientBalance), database.session.begin() as session:
+        ledger.reserve(session, _generation(database, org, 101))
+    with pytest.raises(errors.BadRequest), database.session.begin() as session:
+        ledger.grant(session, org, -101)
+    with database.session.begin() as session:
+        assert ledger.grant(session, org, -100).balance_after == 0
+    with database.session() as session:
+        assert ledger.audit(session, org).adds_up
+        assert session.scalar(select(sa.func.count()).select_from(Generation)) == 0
+
+
+def test_concurrent_reservations_never_overdraw(database: Database) -> None:
+    """16 threads race 20 reservations each for a balance that covers 100 of them."""
+    org = _org_with(database, 100 * 7)
+    generations = [[_generation(database, org, 7) for _ in range(20)] for _ in range(16)]
+    outcomes: list[bool] = []
+    lock = threading.Lock()
+
+    def worker(batch: list[Generation]) -> None:
+        for generation in batch:
+            try:
+                with database.session.begin() as session:
+                    ledger.reserve(session, generation)
+                ok = True
+            except errors.InsufficientBalance:
+                ok = False
+            with lock:
+                outcomes.append(ok)
+
+    threads = [threading.Thread(target=worker, args=(batch,)) for batch in generations]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count(True) == 100 and len(outcomes) == 320
+    with database.session() as session:
+        check = ledger.audit(session, org)
+        assert (check.balance, check.reserved) == (0, 700)
+        assert check.adds_up
+
+
+def test_the_price_model() -> None:
+    # SDXL 1.0 at 1024x1024, 30 steps, one sample: 0.2 credits, as on the hosted API.
+    assert cost_micros(1.0, width=1024, height=1024, steps=30) == 200_000
+    base = cost_micros(0.5, width=512, height=512, steps=30)
+    assert base == 25_000
+    assert cost_micros(0.5, width=512, height=512, steps=15) == base // 2
+    assert cost_micros(0.5, width=512, height=512, steps=30, samples=4) == base * 4
+    assert cost_micros(0.5, width=1024, height=512, steps=30) == base * 2
+    assert cost_micros(0.25, width=2048, height=2048) == 200_000  # ESRGAN: no steps
+    assert cost_micros(0.5, width=320, height=320, steps=10) == 3256  # rounded up

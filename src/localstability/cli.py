@@ -7,18 +7,17 @@ from typing import Annotated
 
 import typer
 
+from localstability.admin import ConfigOption, database_session, ledger_app, orgs_app, users_app
 from localstability.config import Settings, load_settings
 
 app = typer.Typer(help="A self-hosted Stability AI REST API v1 server.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 models_app = typer.Typer(help="Engine weights.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+app.add_typer(users_app, name="users")
+app.add_typer(orgs_app, name="orgs")
+app.add_typer(ledger_app, name="ledger")
 app.add_typer(models_app, name="models")
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="TOML configuration file (or LOCALSTABILITY_CONFIG)."),
-]
 
 
 def _settings(config: Path | None) -> Settings:
@@ -58,15 +57,10 @@ def keys_create(
     config: ConfigOption = None,
 ) -> None:
     """Create an API key and print it (the only time it is shown)."""
-    from localstability.service.accounts import AccountService
-    from localstability.store.db import Database
+    from localstability.store.accounts import create_user
 
-    settings = _settings(config)
-    database = Database(settings.sqlalchemy_url)
-    try:
-        created = AccountService(database).create_user(email, credits)
-    finally:
-        database.dispose()
+    with database_session(config) as session:
+        created = create_user(session, email, credits, actor="cli")
     typer.echo(created.key)
 
 
@@ -77,17 +71,12 @@ def keys_list(
 ) -> None:
     """List keys by their prefix (keys themselves are never stored)."""
     from localstability.store.accounts import list_keys
-    from localstability.store.db import Database
 
-    database = Database(_settings(config).sqlalchemy_url)
-    try:
-        with database.session() as session:
-            for key in list_keys(session, email):
-                state = "revoked" if key.revoked else "active"
-                used = key.last_used_at or "never used"
-                typer.echo(f"{key.prefix}...  {key.email:30} {state:8} {key.created_at}  {used}")
-    finally:
-        database.dispose()
+    with database_session(config, write=False) as session:
+        for key in list_keys(session, email):
+            state = "revoked" if key.revoked else "active"
+            used = key.last_used_at or "never used"
+            typer.echo(f"{key.prefix}...  {key.email:30} {state:8} {key.created_at}  {used}")
 
 
 @keys_app.command("revoke")
@@ -97,14 +86,9 @@ def keys_revoke(
 ) -> None:
     """Revoke a key: it gets 401 from then on."""
     from localstability.store.accounts import revoke_key
-    from localstability.store.db import Database
 
-    database = Database(_settings(config).sqlalchemy_url)
-    try:
-        with database.session.begin() as session:
-            count = revoke_key(session, prefix.removesuffix("..."))
-    finally:
-        database.dispose()
+    with database_session(config) as session:
+        count = revoke_key(session, prefix.removesuffix("..."))
     if not count:
         typer.echo(f"no active key with prefix {prefix}", err=True)
         raise typer.Exit(1)

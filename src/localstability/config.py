@@ -39,6 +39,9 @@ class EngineConfig(BaseModel):
         "masking uses the engine's own weights.",
     )
     label: str | None = Field(None, description="A note shown by `models list`.")
+    cost_factor: float | None = Field(
+        None, ge=0, description="Price relative to SDXL per pixel and step; unset: the catalogue's."
+    )
     enabled: bool = True
 
 
@@ -69,6 +72,11 @@ class Settings(BaseSettings):
         "and an API key and print the key once.",
     )
     bootstrap_credits: float = 1000.0
+    billing: bool = Field(
+        True,
+        description="Charge credits for generations; off: nothing is reserved or charged "
+        "(generations are still recorded).",
+    )
     rate_limit_requests: int = Field(
         150, description="Requests per API key in each rate-limit window; 0 turns limits off."
     )

@@ -139,6 +139,8 @@ class EngineSpec:
     default_height: int = 512
     type: EngineType = EngineType.PICTURE
     fallback_source: str | None = None  # used when the default source can't be had
+    # Price relative to SDXL per pixel and step (see localstability.service.pricing).
+    cost_factor: float = 1.0
 
     def as_wire(self) -> Engine:
         return Engine(id=self.id, name=self.name, description=self.description, type=self.type)
@@ -160,6 +162,7 @@ CATALOGUE: dict[str, EngineSpec] = {
             tasks=DIFFUSION_TASKS,
             default_source="stable-diffusion-v1-5/stable-diffusion-v1-5",
             size_rule=sd16_rule,
+            cost_factor=0.5,
         ),
         EngineSpec(
             id="stable-diffusion-512-v2-1",
@@ -169,6 +172,7 @@ CATALOGUE: dict[str, EngineSpec] = {
             tasks=DIFFUSION_TASKS,
             default_source="stabilityai/stable-diffusion-2-1-base",
             size_rule=pixel_count_rule(262_144, 1_048_576),
+            cost_factor=0.5,
         ),
         EngineSpec(
             id="stable-diffusion-xl-1024-v1-0",
@@ -199,6 +203,7 @@ CATALOGUE: dict[str, EngineSpec] = {
             default_source="ai-forever/Real-ESRGAN/RealESRGAN_x2.pth",
             # Offline: Real-ESRGAN x4plus, converted from the ncnn files that ship on PyPI.
             fallback_source="packaged:realesrgan-x4plus",
+            cost_factor=0.25,
         ),
         EngineSpec(
             id="stable-diffusion-x4-latent-upscaler",
@@ -207,6 +212,7 @@ CATALOGUE: dict[str, EngineSpec] = {
             family=Family.LATENT_UPSCALER,
             tasks=frozenset({Task.UPSCALE}),
             default_source="stabilityai/stable-diffusion-x4-upscaler",
+            cost_factor=0.25,
         ),
     )
 }

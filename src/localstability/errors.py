@@ -47,6 +47,12 @@ class PermissionDenied(ApiError):
     status, name = 403, "permission_denied"
 
 
+class InsufficientBalance(ApiError):
+    """Too few credits for the request (our choice: the hosted API's status, 402)."""
+
+    status, name = 402, "insufficient_balance"
+
+
 class NotFound(ApiError):
     status, name = 404, "not_found"
 

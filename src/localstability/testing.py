@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +25,16 @@ def cli_env(**extra: str) -> dict[str, str]:
     return {**env, **OFFLINE_ENV, **extra}
 
 
-def run_cli(*args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run `localstability ARGS` and capture its output."""
+def run_cli(
+    *args: str, check: bool = True, env: dict[str, str] | None = None, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `localstability ARGS` with `env` and `extra` settings and capture its output."""
     result = subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, env=cli_env(**env), timeout=600
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(**(env or {}), **extra),
+        timeout=600,
     )
     if check and result.returncode != 0:
         raise RuntimeError(f"localstability {' '.join(args)} failed:\n{result.stderr}")
@@ -68,8 +76,15 @@ class ServerProcess:
             self.process.wait()
 
 
-def start_server(config: Path, log_path: Path, timeout: float = 120, **env: str) -> ServerProcess:
+def start_server(
+    config: Path,
+    log_path: Path,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+    **extra: str,
+) -> ServerProcess:
     """Start `localstability serve --config CONFIG` and wait until it answers."""
+    env = {**(env or {}), **extra}
     port = free_port()
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -91,5 +106,103 @@ def start_server(config: Path, log_path: Path, timeout: float = 120, **env: str)
                 process.kill()
                 raise RuntimeError(f"server did not start:\n{log_path.read_text()}") from None
             time.sleep(0.2)
-    key_file = config.parent / "data" / "admin-key.txt"
+    data_dir = Path(env.get("LOCALSTABILITY_DATA_DIR", config.parent / "data"))
+    key_file = data_dir / "admin-key.txt"
     return ServerProcess(base_url, key_file.read_text().strip(), config, process, log_path)
+
+
+def _postgres_bin(name: str) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if not candidates:
+        raise RuntimeError(f"PostgreSQL's {name} not found: run scripts/setup-postgres.sh")
+    return str(candidates[-1])
+
+
+@dataclass
+class PostgresServer:
+    """A throwaway PostgreSQL cluster on a loopback port (tests and benchmarks)."""
+
+    url: str
+    data_dir: Path
+    run_as: list[str]
+
+    def create_database(self, name: str) -> str:
+        """A new empty database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        with psycopg.connect(self.url.replace("+psycopg", ""), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.url.rsplit("/", 1)[0] + f"/{name}"
+
+    def stop(self) -> None:
+        subprocess.run(
+            [*self.run_as, _postgres_bin("pg_ctl"), "stop", "-m", "fast", "-D", str(self.data_dir)],
+            capture_output=True,
+            timeout=60,
+        )
+        shutil.rmtree(self.data_dir.parent, ignore_errors=True)
+
+
+def start_postgres() -> PostgresServer:
+    """initdb + pg_ctl start in a new temporary folder: 127.0.0.1 only, durability off.
+
+    As root the server runs as the `postgres` user (PostgreSQL refuses root), so the folder
+    is made under the system's temporary folder, which that user can reach.
+    """
+    directory = Path(tempfile.mkdtemp(prefix="localstability-pg-"))
+    data_dir, socket_dir = directory / "pgdata", directory / "pgsocket"
+    data_dir.mkdir(parents=True)
+    socket_dir.mkdir()
+    run_as: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        account = pwd.getpwnam("postgres")
+        for path in (directory, data_dir, socket_dir):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [
+            *run_as,
+            _postgres_bin("initdb"),
+            "-D",
+            str(data_dir),
+            "-A",
+            "trust",
+            "-U",
+            "localstability",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    port = free_port()
+    options = (
+        f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={socket_dir} "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+    )
+    subprocess.run(
+        [
+            *run_as,
+            _postgres_bin("pg_ctl"),
+            "start",
+            "-w",
+            "-D",
+            str(data_dir),
+            "-l",
+            str(directory / "postgres.log"),
+            "-o",
+            options,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    url = f"postgresql+psycopg://localstability@127.0.0.1:{port}/postgres"
+    return PostgresServer(url=url, data_dir=data_dir, run_as=run_as)

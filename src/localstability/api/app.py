@@ -28,6 +28,7 @@ from localstability.protocol import (
     UpscaleRequestBody,
 )
 from localstability.service.accounts import AccountService
+from localstability.service.billing import Billing
 from localstability.service.generation import GenerationService
 from localstability.service.ratelimit import RateLimiter
 from localstability.store.db import Database
@@ -52,7 +53,9 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
         accounts=AccountService(
             database, RateLimiter(settings.rate_limit_requests, settings.rate_limit_window_s)
         ),
-        generation=GenerationService(settings, pipelines, worker),
+        generation=GenerationService(
+            settings, pipelines, worker, Billing(database, settings.billing)
+        ),
     )
     return context, database, worker
 

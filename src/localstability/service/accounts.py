@@ -9,7 +9,7 @@ from localstability.protocol import (
     OrganizationMembership,
 )
 from localstability.service.ratelimit import RateLimiter
-from localstability.store import accounts
+from localstability.store import accounts, ledger
 from localstability.store.accounts import CreatedKey, Principal
 from localstability.store.db import Database
 
@@ -53,8 +53,8 @@ class AccountService:
 
     def balance(self, principal: Principal) -> BalanceResponseBody:
         with self.database.session() as session:
-            org = accounts.get_organization(session, principal.organization_id)
-            return BalanceResponseBody(credits=org.credits)
+            org = ledger.organization(session, principal.organization_id)
+            return BalanceResponseBody(credits=ledger.credits(org.balance))
 
     def create_user(self, email: str, credits: float) -> CreatedKey:
         with self.database.session.begin() as session:

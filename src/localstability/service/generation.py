@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image as PILImage
+from pydantic import BaseModel
 
 from localstability import errors
 from localstability.config import Settings
@@ -29,9 +30,12 @@ from localstability.protocol import (
     TextToImageRequestBody,
     UpscaleRequestBody,
 )
+from localstability.service.billing import Billing
 from localstability.service.images import decode_upload
+from localstability.service.pricing import cost_micros
 from localstability.service.prompts import weighted_prompts
 from localstability.service.seeds import sample_seeds
+from localstability.store.accounts import Principal
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +101,17 @@ def required_file(files: dict[str, bytes], name: str) -> bytes:
 class GenerationService:
     """Text-to-image, image-to-image, masking and upscale for the front doors."""
 
-    def __init__(self, settings: Settings, pipelines: PipelineCache, worker: InferenceWorker):
+    def __init__(
+        self,
+        settings: Settings,
+        pipelines: PipelineCache,
+        worker: InferenceWorker,
+        billing: Billing,
+    ):
         self.settings = settings
         self.pipelines = pipelines
         self.worker = worker
+        self.billing = billing
 
     def engines(self) -> list[EngineSpec]:
         """The engines this deployment serves, in catalogue order."""
@@ -138,19 +149,77 @@ class GenerationService:
             "seeds": sample_seeds(body.seed, body.samples),
         }
 
+    def cost(
+        self,
+        engine: EngineSpec,
+        width: int,
+        height: int,
+        steps: int | None = None,
+        samples: int = 1,
+    ) -> int:
+        """The price in micro-credits (see localstability.service.pricing)."""
+        factor = self.settings.engine_config(engine.id).cost_factor
+        return cost_micros(
+            engine.cost_factor if factor is None else factor,
+            width=width,
+            height=height,
+            steps=steps,
+            samples=samples,
+        )
+
+    async def _billed(
+        self,
+        principal: Principal,
+        engine: EngineSpec,
+        task: Task,
+        body: BaseModel,
+        cost: int,
+        job: Callable[[], list[Artifact]],
+    ) -> list[Artifact]:
+        """Run `job` on the worker between a reservation and its charge (or refund)."""
+        parameters = body.model_dump(mode="json", exclude_unset=False)
+        generation_id = await asyncio.to_thread(
+            self.billing.reserve, principal, engine, task, parameters, cost
+        )
+
+        def tracked() -> list[Artifact]:
+            self.billing.start(generation_id)
+            return job()
+
+        try:
+            artifacts = await self.worker.run(tracked)
+        except BaseException as exc:
+            # Also on cancellation: no images reach the client, so nothing is charged.
+            self.billing.fail(generation_id, exc)
+            raise
+        reasons = [a.finish_reason.value for a in artifacts]
+        await asyncio.to_thread(self.billing.succeed, generation_id, reasons)
+        return artifacts
+
     async def _generate(
         self,
+        principal: Principal,
+        task: Task,
+        body: GenerationRequestOptionalParams,
+        engine: EngineSpec,
         source: WeightSource,
         run: Callable[[Any, Any], list[diffusion.GeneratedImage]],
         params: diffusion.DiffusionParams,
+        size: tuple[int, int],
     ) -> list[Artifact]:
         def job() -> list[Artifact]:
             return to_artifacts(run(self.pipelines.get(source), params))
 
-        return await self.worker.run(job)
+        cost = self.cost(engine, *size, steps=body.steps, samples=body.samples)
+        return await self._billed(principal, engine, task, body, cost, job)
 
     async def text_to_image(
-        self, engine_id: str, body: TextToImageRequestBody, *, png_response: bool
+        self,
+        principal: Principal,
+        engine_id: str,
+        body: TextToImageRequestBody,
+        *,
+        png_response: bool,
     ) -> list[Artifact]:
         """Validate a text-to-image request against the engine's rules and run it."""
         engine = self.engine(engine_id, Task.TEXT_TO_IMAGE)
@@ -160,10 +229,20 @@ class GenerationService:
         height = body.height if "height" in body.model_fields_set else engine.default_height
         engine.check_size(width, height)
         params = diffusion.TextToImageParams(**common, width=width, height=height)
-        return await self._generate(self.source(engine), diffusion.run_text_to_image, params)
+        return await self._generate(
+            principal,
+            Task.TEXT_TO_IMAGE,
+            body,
+            engine,
+            self.source(engine),
+            diffusion.run_text_to_image,
+            params,
+            (width, height),
+        )
 
     async def image_to_image(
         self,
+        principal: Principal,
         engine_id: str,
         body: ImageToImageRequestBody,
         files: dict[str, bytes],
@@ -182,10 +261,20 @@ class GenerationService:
         params = diffusion.ImageToImageParams(
             **common, init_image=init_image.convert("RGB"), strength=strength, skip_end=skip_end
         )
-        return await self._generate(self.source(engine), diffusion.run_image_to_image, params)
+        return await self._generate(
+            principal,
+            Task.IMAGE_TO_IMAGE,
+            body,
+            engine,
+            self.source(engine),
+            diffusion.run_image_to_image,
+            params,
+            init_image.size,
+        )
 
     async def masking(
         self,
+        principal: Principal,
         engine_id: str,
         body: MaskingRequestBody,
         files: dict[str, bytes],
@@ -208,10 +297,20 @@ class GenerationService:
             if config.inpainting_source
             else self.source(engine)
         )
-        return await self._generate(source, diffusion.run_inpaint, params)
+        return await self._generate(
+            principal,
+            Task.MASKING,
+            body,
+            engine,
+            source,
+            diffusion.run_inpaint,
+            params,
+            init_image.size,
+        )
 
     async def upscale(
         self,
+        principal: Principal,
         engine_id: str,
         body: UpscaleRequestBody,
         files: dict[str, bytes],
@@ -232,7 +331,8 @@ class GenerationService:
                 result = upscale.run_esrgan(model, image, width, height)
                 return to_artifacts([diffusion.GeneratedImage(result, seed, False)])
 
-            return await self.worker.run(esrgan_job)
+            cost = self.cost(engine, width, height)
+            return await self._billed(principal, engine, Task.UPSCALE, body, cost, esrgan_job)
         prompts = (
             weighted_prompts(body.text_prompts, None)
             if body.text_prompts
@@ -252,7 +352,8 @@ class GenerationService:
             result = upscale.run_latent_upscale(self.pipelines.get(source), params)
             return to_artifacts([diffusion.GeneratedImage(result, seed, False)])
 
-        return await self.worker.run(latent_job)
+        cost = self.cost(engine, width, height, steps=body.steps)
+        return await self._billed(principal, engine, Task.UPSCALE, body, cost, latent_job)
 
     async def _mask(
         self, mask_source: MaskSource, init_image: PILImage.Image, files: dict[str, bytes]

@@ -6,15 +6,20 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from localstability import errors
+from localstability.store import ledger
 from localstability.store.models import ApiKey, Membership, Organization, User, utcnow
 
 KEY_PREFIX = "sk-"
 _LOOKUP_CHARS = 8  # characters after "sk-" kept in clear to find the row
+# last_used_at is written at most this often per key: not one write on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+ROLES = ("OWNER", "ADMIN", "MEMBER")
 
 
 def _hash_key(key: str) -> str:
@@ -46,11 +51,16 @@ class CreatedKey:
 
 
 def create_user(
-    session: Session, email: str, credits: float, organization_name: str | None = None
+    session: Session,
+    email: str,
+    credits: float = 0.0,
+    organization_name: str | None = None,
+    *,
+    actor: str | None = None,
 ) -> CreatedKey:
     """A new key for the user with `email`.
 
-    A new user gets a default organization holding `credits`; an existing user gets another
+    A new user gets a default organization granted `credits`; an existing user gets another
     key and `credits` more in its default organization.
     """
     existing = session.scalar(select(User).where(User.email == email))
@@ -58,17 +68,88 @@ def create_user(
         membership = next((m for m in existing.memberships if m.is_default), None)
         if membership is None:
             raise errors.BadRequest(f"user {email} has no default organization")
-        membership.organization.credits += credits
+        if credits:
+            ledger.grant(session, membership.organization_id, ledger.micros(credits), actor=actor)
         key = create_key(session, existing.id)
         return CreatedKey(existing.id, membership.organization_id, key)
-    user = User(id=_new_id("user"), email=email)
-    org = Organization(
-        id=_new_id("org"), name=organization_name or f"{email}'s organization", credits=credits
-    )
-    session.add_all([user, org])
+    user = add_user(session, email)
+    org = create_organization(session, organization_name or f"{email}'s organization")
     session.add(Membership(user=user, organization=org, role="OWNER", is_default=True))
+    if credits:
+        ledger.grant(session, org.id, ledger.micros(credits), actor=actor, note="new user")
     key = create_key(session, user.id)
     return CreatedKey(user_id=user.id, organization_id=org.id, key=key)
+
+
+def add_user(session: Session, email: str, profile_picture: str | None = None) -> User:
+    if "@" not in email:
+        raise errors.BadRequest(f"not an email address: {email!r}")
+    if session.scalar(select(User).where(User.email == email)) is not None:
+        raise errors.BadRequest(f"a user with email {email} exists already")
+    user = User(id=_new_id("user"), email=email, profile_picture=profile_picture)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def create_organization(session: Session, name: str) -> Organization:
+    org = Organization(id=_new_id("org"), name=name, balance=0, reserved=0)
+    session.add(org)
+    session.flush()
+    return org
+
+
+def find_user(session: Session, email: str) -> User:
+    user = session.scalar(select(User).where(User.email == email))
+    if user is None:
+        raise errors.NotFound(f"no user with email {email}")
+    return user
+
+
+def add_member(
+    session: Session, email: str, organization_id: str, role: str = "MEMBER", default: bool = False
+) -> Membership:
+    """Make the user a member of the organization (or change its role); `default` makes it
+    the organization billed when a request names none."""
+    role = role.upper()
+    if role not in ROLES:
+        raise errors.BadRequest(f"role must be one of {', '.join(ROLES)}, not {role!r}")
+    user = find_user(session, email)
+    ledger.organization(session, organization_id)
+    memberships = session.scalars(select(Membership).where(Membership.user_id == user.id)).all()
+    membership = next((m for m in memberships if m.organization_id == organization_id), None)
+    if membership is None:
+        membership = Membership(
+            user_id=user.id, organization_id=organization_id, role=role, is_default=False
+        )
+        session.add(membership)
+    membership.role = role
+    if default or not memberships:
+        for other in memberships:
+            other.is_default = False
+        membership.is_default = True
+    session.flush()
+    return membership
+
+
+def list_users(session: Session) -> list[User]:
+    return list(
+        session.scalars(
+            select(User)
+            .order_by(User.created_at, User.email)
+            .options(selectinload(User.memberships).selectinload(Membership.organization))
+        ).all()
+    )
+
+
+def list_organizations(session: Session) -> list[Organization]:
+    return list(
+        session.scalars(
+            select(Organization)
+            .order_by(Organization.created_at, Organization.name)
+            .options(selectinload(Organization.memberships).selectinload(Membership.user))
+        ).all()
+    )
 
 
 def create_key(session: Session, user_id: str) -> str:
@@ -91,7 +172,9 @@ def authenticate(session: Session, key: str, organization_id: str | None) -> Pri
     match = next((c for c in candidates if hmac.compare_digest(c.key_hash, digest)), None)
     if match is None:
         raise errors.Unauthorized("invalid API key")
-    match.last_used_at = utcnow()
+    now = utcnow()
+    if match.last_used_at is None or now - match.last_used_at >= LAST_USED_RESOLUTION:
+        match.last_used_at = now
     memberships = session.scalars(
         select(Membership).where(Membership.user_id == match.user_id)
     ).all()
@@ -116,13 +199,6 @@ def get_user(session: Session, user_id: str) -> User:
     if user is None:
         raise errors.Unauthorized("invalid API key")
     return user
-
-
-def get_organization(session: Session, organization_id: str) -> Organization:
-    org = session.get(Organization, organization_id)
-    if org is None:
-        raise errors.PermissionDenied("You do not have permission to access this resource")
-    return org
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from localstability.protocol import (
     UpscaleRequestBody,
 )
 from localstability.service.generation import Artifact
+from localstability.store.accounts import Principal
 
 router = APIRouter(tags=["v1/generation"])
 
@@ -103,7 +104,7 @@ async def text_to_image(
     engine_id: str,
     request: Request,
     context: Context,
-    _principal: CurrentPrincipal,
+    principal: CurrentPrincipal,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Generate images from text prompts."""
@@ -111,11 +112,12 @@ async def text_to_image(
     # An unknown engine, or one that can't do the task, is refused before the body is read.
     context.generation.engine(engine_id, Task.TEXT_TO_IMAGE)
     body = await parse_json_body(request, TextToImageRequestBody)
-    artifacts = await context.generation.text_to_image(engine_id, body, png_response=png)
+    artifacts = await context.generation.text_to_image(principal, engine_id, body, png_response=png)
     return artifacts_response(artifacts, png)
 
 
 async def _multipart_generation(
+    principal: Principal,
     request: Request,
     engine_id: str,
     accept: str | None,
@@ -131,7 +133,7 @@ async def _multipart_generation(
     context.generation.engine(engine_id, task)
     form = await read_multipart(request, file_fields, context.settings.max_upload_bytes)
     body = parse_fields(form, model)
-    artifacts = await run(engine_id, body, form.files, png_response=png)
+    artifacts = await run(principal, engine_id, body, form.files, png_response=png)
     return artifacts_response(artifacts, png)
 
 
@@ -145,11 +147,12 @@ async def image_to_image(
     engine_id: str,
     request: Request,
     context: Context,
-    _principal: CurrentPrincipal,
+    principal: CurrentPrincipal,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Generate images from an init image and text prompts (multipart/form-data)."""
     return await _multipart_generation(
+        principal,
         request,
         engine_id,
         accept,
@@ -171,11 +174,12 @@ async def masking(
     engine_id: str,
     request: Request,
     context: Context,
-    _principal: CurrentPrincipal,
+    principal: CurrentPrincipal,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Regenerate the masked part of an init image (multipart/form-data)."""
     return await _multipart_generation(
+        principal,
         request,
         engine_id,
         accept,
@@ -197,11 +201,12 @@ async def upscale(
     engine_id: str,
     request: Request,
     context: Context,
-    _principal: CurrentPrincipal,
+    principal: CurrentPrincipal,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Upscale an image with Real-ESRGAN or the x4 latent upscaler (multipart/form-data)."""
     return await _multipart_generation(
+        principal,
         request,
         engine_id,
         accept,

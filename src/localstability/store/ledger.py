@@ -1,0 +1,241 @@
+"""The credit ledger: every change of a balance is one append-only entry, in one transaction.
+
+An organization holds two amounts, in micro-credits: `balance` (what it may spend) and
+`reserved` (what its running generations hold). The entries explain both:
+
+    balance  = grants - reserves + refunds
+    reserved = reserves - charges - refunds
+
+A reservation is a single conditional UPDATE (`balance >= cost`), so two concurrent requests
+can never both spend the last credits, on SQLite or PostgreSQL. A generation leaves
+`queued`/`running` once, by another conditional UPDATE, so it is charged or refunded once;
+the unique (generation_id, kind) constraint backs that up in the database itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from localstability import errors
+from localstability.store.models import (
+    FINISHED,
+    MICROS_PER_CREDIT,
+    EntryKind,
+    Generation,
+    GenerationStatus,
+    LedgerEntry,
+    Organization,
+    utcnow,
+)
+
+
+def credits(micros: int) -> float:
+    """Micro-credits as the float credits the API shows."""
+    return micros / MICROS_PER_CREDIT
+
+
+def micros(amount: float) -> int:
+    """Credits (float) as micro-credits."""
+    return round(amount * MICROS_PER_CREDIT)
+
+
+def organization(session: Session, organization_id: str) -> Organization:
+    org = session.get(Organization, organization_id)
+    if org is None:
+        raise errors.NotFound(f"no organization {organization_id}")
+    return org
+
+
+def grant(
+    session: Session,
+    organization_id: str,
+    amount: int,
+    *,
+    actor: str | None = None,
+    note: str | None = None,
+) -> LedgerEntry:
+    """Add `amount` micro-credits (negative: take them away, never below zero)."""
+    organization(session, organization_id)
+    balance = session.scalar(
+        update(Organization)
+        .where(Organization.id == organization_id, Organization.balance + amount >= 0)
+        .values(balance=Organization.balance + amount)
+        .returning(Organization.balance)
+    )
+    if balance is None:
+        raise errors.BadRequest(
+            f"taking {credits(-amount):g} credits would leave {organization_id} below zero"
+        )
+    entry = LedgerEntry(
+        organization_id=organization_id,
+        kind=EntryKind.GRANT,
+        amount=amount,
+        balance_after=balance,
+        actor=actor,
+        note=note,
+    )
+    session.add(entry)
+    return entry
+
+
+def reserve(session: Session, generation: Generation) -> None:
+    """Record `generation` as queued and hold its cost, or raise InsufficientBalance."""
+    cost = generation.cost
+    generation.status = GenerationStatus.QUEUED
+    if cost <= 0:
+        session.add(generation)
+        return
+    balance = session.scalar(
+        update(Organization)
+        .where(Organization.id == generation.organization_id, Organization.balance >= cost)
+        .values(balance=Organization.balance - cost, reserved=Organization.reserved + cost)
+        .returning(Organization.balance)
+    )
+    if balance is None:
+        have = organization(session, generation.organization_id).balance
+        raise errors.InsufficientBalance(
+            f"this request costs {credits(cost):.6g} credits but organization "
+            f"{generation.organization_id} has {credits(have):.6g}"
+        )
+    session.add(generation)
+    session.flush()  # the generation row first: the entry refers to it
+    session.add(
+        LedgerEntry(
+            organization_id=generation.organization_id,
+            kind=EntryKind.RESERVE,
+            amount=cost,
+            balance_after=balance,
+            generation_id=generation.id,
+        )
+    )
+
+
+def start(session: Session, generation_id: str) -> bool:
+    """queued -> running; False when the generation already left the queue."""
+    result = session.execute(
+        update(Generation)
+        .where(Generation.id == generation_id, Generation.status == GenerationStatus.QUEUED)
+        .values(status=GenerationStatus.RUNNING, started_at=utcnow())
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def finish(
+    session: Session,
+    generation_id: str,
+    status: GenerationStatus,
+    *,
+    finish_reasons: list[str] | None = None,
+    error: str | None = None,
+) -> bool:
+    """End a generation: charge its hold on success, refund it otherwise.
+
+    Returns False (and moves no credit) when the generation had ended already.
+    """
+    if status not in FINISHED:
+        raise ValueError(f"{status} is not a final status")
+    row = session.execute(
+        update(Generation)
+        .where(
+            Generation.id == generation_id,
+            Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING]),
+        )
+        .values(
+            status=status,
+            finished_at=utcnow(),
+            finish_reasons=finish_reasons,
+            error=error[:2000] if error else None,
+        )
+        .returning(Generation.organization_id, Generation.cost)
+    ).first()
+    if row is None:
+        return False
+    organization_id, cost = row
+    if cost <= 0:
+        return True
+    if status == GenerationStatus.SUCCEEDED:
+        kind, values = EntryKind.CHARGE, {"reserved": Organization.reserved - cost}
+    else:
+        kind = EntryKind.REFUND
+        values = {"reserved": Organization.reserved - cost, "balance": Organization.balance + cost}
+    balance = session.scalar(
+        update(Organization)
+        .where(Organization.id == organization_id)
+        .values(**values)
+        .returning(Organization.balance)
+    )
+    session.add(
+        LedgerEntry(
+            organization_id=organization_id,
+            kind=kind,
+            amount=cost,
+            balance_after=balance,
+            generation_id=generation_id,
+        )
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class Audit:
+    """An organization's amounts next to what its ledger entries add up to."""
+
+    organization_id: str
+    balance: int
+    reserved: int
+    granted: int
+    reserved_total: int
+    charged: int
+    refunded: int
+
+    @property
+    def expected_balance(self) -> int:
+        return self.granted - self.reserved_total + self.refunded
+
+    @property
+    def expected_reserved(self) -> int:
+        return self.reserved_total - self.charged - self.refunded
+
+    @property
+    def adds_up(self) -> bool:
+        return (
+            self.balance == self.expected_balance
+            and self.reserved == self.expected_reserved
+            and self.balance >= 0
+            and self.reserved >= 0
+        )
+
+
+def audit(session: Session, organization_id: str) -> Audit:
+    org = organization(session, organization_id)
+    sums: dict[Any, int] = dict(
+        session.execute(
+            select(LedgerEntry.kind, func.coalesce(func.sum(LedgerEntry.amount), 0))
+            .where(LedgerEntry.organization_id == organization_id)
+            .group_by(LedgerEntry.kind)
+        ).all()
+    )
+    return Audit(
+        organization_id=organization_id,
+        balance=org.balance,
+        reserved=org.reserved,
+        granted=int(sums.get(EntryKind.GRANT, 0)),
+        reserved_total=int(sums.get(EntryKind.RESERVE, 0)),
+        charged=int(sums.get(EntryKind.CHARGE, 0)),
+        refunded=int(sums.get(EntryKind.REFUND, 0)),
+    )
+
+
+def entries(session: Session, organization_id: str, limit: int = 50) -> list[LedgerEntry]:
+    """The newest `limit` entries of an organization, oldest first."""
+    newest = session.scalars(
+        select(LedgerEntry)
+        .where(LedgerEntry.organization_id == organization_id)
+        .order_by(LedgerEntry.id.desc())
+        .limit(limit)
+    ).all()
+    return list(reversed(newest))
