@@ -75,15 +75,22 @@ class Deployment:
     def new_key(self, email: str, credits: float = 0.0) -> str:
         return self.admin("keys", "create", "--email", email, "--credits", str(credits))
 
+    @property
+    def database_url(self) -> str:
+        return self.env.get("LOCALSTABILITY_DATABASE_URL") or (
+            f"sqlite:///{Path(self.env['LOCALSTABILITY_DATA_DIR']) / 'localstability.db'}"
+        )
+
+    def restart(self) -> None:
+        self.server.stop()
+        self.server = start_server(self.config, self.server.log_path, env=self.env)
+
     def member_keys(self, organization_id: str, count: int, label: str) -> list[str]:
         """`count` new users of the organization, one key each (in-process: quicker)."""
         from localstability.store import accounts
         from localstability.store.db import Database
 
-        url = self.env.get("LOCALSTABILITY_DATABASE_URL") or (
-            f"sqlite:///{Path(self.env['LOCALSTABILITY_DATA_DIR']) / 'localstability.db'}"
-        )
-        database = Database(url)
+        database = Database(self.database_url)
         try:
             with database.session.begin() as session:
                 keys = []
@@ -111,9 +118,9 @@ def start_deployment(
     text = (tiny_dir / "localstability.toml").read_text()
     text = text.replace(str(tiny_dir / "sd-x4-upscaler"), str(directory / "missing-weights"))
     config.write_text(text)
-    server = start_server(config, directory / "server.log", env=env)
-    request.addfinalizer(server.stop)
-    return Deployment(server, env, config)
+    deployment = Deployment(start_server(config, directory / "server.log", env=env), env, config)
+    request.addfinalizer(lambda: deployment.server.stop())
+    return deployment
 
 
 @pytest.fixture(scope="session", params=DATABASES)

@@ -5,8 +5,11 @@ Every test runs against a deployment on SQLite and one on a real PostgreSQL serv
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -197,3 +200,83 @@ def test_200_requests_from_16_clients_spend_exactly_the_balance(deployment: Depl
     records = deployment.admin_json("ledger", "generations", "--org", org, "--limit", "1000")
     assert len(records) == AFFORDABLE
     assert {r["status"] for r in records} == {"succeeded"}
+
+
+def test_keys_never_reach_the_logs_or_the_database(deployment: Deployment) -> None:
+    key = deployment.new_key("secret@example.com", credits=1.0)
+    wrong = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    with http(deployment, key) as client:
+        assert client.post(T2I, json=t2i_body(width=512, height=512)).status_code == 200
+    with http(deployment, wrong) as client:
+        assert_envelope(client.get("/v1/user/balance"), 401, "unauthorized")
+    secret = key.removeprefix("sk-")
+    logs = deployment.server.logs()
+    assert secret not in logs and wrong.removeprefix("sk-") not in logs
+    assert secret[8:] not in logs  # not even the part after the lookup prefix
+    from sqlalchemy import MetaData, create_engine, select
+
+    url = deployment.database_url
+    engine = create_engine(url)
+    metadata = MetaData()
+    metadata.reflect(engine)
+    with engine.connect() as connection:
+        for table in metadata.sorted_tables:
+            for row in connection.execute(select(table)):
+                assert all(secret[8:] not in str(value) for value in row), table.name
+    engine.dispose()
+    if url.startswith("sqlite:///"):
+        data_dir = Path(deployment.env["LOCALSTABILITY_DATA_DIR"])
+        for path in data_dir.glob("localstability.db*"):
+            assert secret[8:].encode() not in path.read_bytes(), path.name
+
+
+def test_a_killed_server_refunds_what_it_held_when_it_starts_again(
+    tiny_dir: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from localstability.store import ledger as store_ledger
+    from localstability.store.db import Database
+    from localstability.store.models import Generation, GenerationStatus
+    from tests.conftest import start_deployment
+
+    crash = start_deployment(tiny_dir, tmp_path / "crash", "sqlite", request)
+    key = crash.new_key("crash@example.com", credits=10.0)
+    with http(crash, key) as client:
+        org = client.get("/v1/user/account").json()["organizations"][0]["id"]
+
+    def slow_request() -> None:
+        with http(crash, key) as client, contextlib.suppress(httpx.TransportError):
+            client.post(
+                "/v1/generation/stable-diffusion-xl-1024-v1-0/text-to-image",
+                json=t2i_body(steps=50, samples=4),
+            )
+
+    thread = threading.Thread(target=slow_request)
+    thread.start()
+    database = Database(crash.database_url)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with database.session() as session:
+                if [g for g in store_ledger.unfinished(session) if g.status == "running"]:
+                    break
+            assert time.monotonic() < deadline, "the generation never started"
+            time.sleep(0.05)
+        crash.server.process.kill()  # SIGKILL mid-run: no shutdown code runs
+        crash.server.process.wait()
+        thread.join()
+        with database.session() as session:
+            held = store_ledger.audit(session, org)
+            assert held.reserved > 0 and held.adds_up
+        crash.restart()
+        with database.session() as session:
+            check = store_ledger.audit(session, org)
+            assert (check.balance, check.reserved) == (10_000_000, 0)
+            assert check.adds_up and check.refunded == held.reserved
+            [record] = session.query(Generation).all()
+            assert record.status == GenerationStatus.FAILED
+            assert record.error is not None and "interrupted" in record.error
+    finally:
+        database.dispose()
+    with http(crash, key) as client:
+        assert balance(client) == 10.0
+        assert client.post(T2I, json=t2i_body(width=512, height=512)).status_code == 200

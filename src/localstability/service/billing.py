@@ -7,6 +7,8 @@ switched off the generation is still recorded, at cost 0, and nothing moves.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import uuid
 from typing import Any
 
@@ -19,10 +21,51 @@ from localstability.store.models import Generation, GenerationStatus
 log = logging.getLogger(__name__)
 
 
+INTERRUPTED = "interrupted: the server stopped before the generation finished"
+
+
+def this_runner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _runner_is_dead(runner: str | None, host: str) -> bool:
+    """True for a runner on this host whose process is gone (or a record with no runner)."""
+    if not runner:
+        return True
+    runner_host, _, pid = runner.rpartition(":")
+    if runner_host != host or not pid.isdigit():
+        return False  # another machine's: only it knows
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 class Billing:
     def __init__(self, database: Database, enabled: bool = True) -> None:
         self.database = database
         self.enabled = enabled
+        self.runner = this_runner()
+
+    def recover(self) -> int:
+        """Refund the generations that a dead server process on this machine left unfinished.
+
+        Run at start: a crash or a kill between reservation and charge must not keep
+        credits held, nor leave records "running" for ever. Returns how many were refunded.
+        """
+        host = socket.gethostname()
+        with self.database.session.begin() as session:
+            stale = [g.id for g in ledger.unfinished(session) if _runner_is_dead(g.runner, host)]
+            for generation_id in stale:
+                ledger.finish(session, generation_id, GenerationStatus.FAILED, error=INTERRUPTED)
+        if stale:
+            log.warning("refunded interrupted generations", extra={"count": len(stale)})
+        return len(stale)
 
     def reserve(
         self,
@@ -42,6 +85,7 @@ class Billing:
             task=task.value,
             parameters=parameters,
             cost=cost if self.enabled else 0,
+            runner=self.runner,
         )
         with self.database.session.begin() as session:
             ledger.reserve(session, generation)

@@ -180,6 +180,17 @@ def finish(
     return True
 
 
+def unfinished(session: Session) -> list[Generation]:
+    """Generations still queued or running."""
+    return list(
+        session.scalars(
+            select(Generation).where(
+                Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING])
+            )
+        ).all()
+    )
+
+
 @dataclass(frozen=True)
 class Audit:
     """An organization's amounts next to what its ledger entries add up to."""

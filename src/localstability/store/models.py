@@ -152,6 +152,8 @@ class Generation(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finish_reasons: Mapped[list[str] | None] = mapped_column(JsonType, nullable=True)
     error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    # The server process that runs it ("host:pid"): a restart refunds what a dead one held.
+    runner: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 class LedgerEntry(Base):

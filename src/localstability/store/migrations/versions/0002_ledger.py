@@ -56,6 +56,7 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finish_reasons", _JSON, nullable=True),
         sa.Column("error", sa.String(length=2000), nullable=True),
+        sa.Column("runner", sa.String(length=128), nullable=True),
         sa.ForeignKeyConstraint(["api_key_id"], ["api_keys.id"]),
         sa.ForeignKeyConstraint(["organization_id"], ["organizations.id"]),
         sa.ForeignKeyConstraint(["user_id"], ["users.id"]),
