@@ -72,8 +72,8 @@ def test_a_generation_is_charged_its_price_once(deployment: Deployment) -> None:
     records = deployment.admin_json("ledger", "generations", "--org", org)
     assert len(records) == 1
     assert records[0]["status"] == "succeeded"
-    assert records[0]["engine"] == SD1 and records[0]["task"] == "text-to-image"
-    assert records[0]["finish"] == "SUCCESS,SUCCESS"
+    assert records[0]["engine_id"] == SD1 and records[0]["task"] == "text-to-image"
+    assert records[0]["finish_reasons"] == ["SUCCESS", "SUCCESS"]
 
 
 def test_too_few_credits_is_402_and_moves_nothing(deployment: Deployment) -> None:
@@ -108,7 +108,7 @@ def test_a_failed_generation_is_refunded(deployment: Deployment) -> None:
     assert [e["kind"] for e in book["entries"]] == ["grant", "reserve", "refund"]
     [record] = deployment.admin_json("ledger", "generations", "--org", org)
     assert record["status"] == "failed"
-    assert "EngineUnavailable" in record["finish"]
+    assert "EngineUnavailable" in record["error"]
 
 
 def test_the_organization_header_picks_who_pays(deployment: Deployment) -> None:
@@ -136,7 +136,7 @@ def test_the_organization_header_picks_who_pays(deployment: Deployment) -> None:
             ),
         ):
             assert_envelope(response, 403, "permission_denied")
-    assert ledger(deployment, other)["balance"] == 3.0
+    assert ledger(deployment, other)["credits"] == 3.0
 
 
 def test_billing_switched_off_records_but_charges_nothing(
@@ -192,7 +192,7 @@ def test_200_requests_from_16_clients_spend_exactly_the_balance(deployment: Depl
     assert statuses.count(402) == REQUESTS - AFFORDABLE
     book = ledger(deployment, org)
     assert book["adds_up"]
-    assert book["balance"] == 0 and book["reserved"] == 0
+    assert book["credits"] == 0 and book["reserved"] == 0
     kinds = [e["kind"] for e in book["entries"]]
     assert kinds.count("reserve") == kinds.count("charge") == AFFORDABLE
     assert "refund" not in kinds

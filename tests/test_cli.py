@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -86,16 +87,27 @@ def test_keys_list_and_revoke(server: Server) -> None:
     secret = key.stdout.strip()
     url = server.base_url + "/v1/user/balance"
     assert httpx.get(url, headers={"Authorization": f"Bearer {secret}"}).status_code == 200
-    listed = run_cli("keys", "list", "--email", "dave@example.com", "--config", config).stdout
-    assert secret not in listed
-    prefix = listed.split()[0]
-    assert secret.startswith(prefix.removesuffix("...")) and "active" in listed
+
+    def listed() -> str:
+        return run_cli("keys", "list", "--email", "dave@example.com", "--config", config).stdout
+
+    table = listed()
+    assert secret not in table
+    assert table.splitlines()[0].split() == [
+        "PREFIX",
+        "EMAIL",
+        "REVOKED",
+        "CREATED_AT",
+        "LAST_USED_AT",
+    ]
+    [info] = json.loads(
+        run_cli("keys", "list", "--email", "dave@example.com", "--json", "--config", config).stdout
+    )
+    prefix = info["prefix"]
+    assert secret.startswith(prefix) and info["revoked"] is False and info["last_used_at"]
     assert "revoked 1 key" in run_cli("keys", "revoke", prefix, "--config", config).stdout
     refused = httpx.get(url, headers={"Authorization": f"Bearer {secret}"})
     assert refused.status_code == 401 and refused.json()["name"] == "unauthorized"
-    assert (
-        "revoked"
-        in run_cli("keys", "list", "--email", "dave@example.com", "--config", config).stdout
-    )
+    assert "True" in listed().splitlines()[1]
     again = run_cli("keys", "revoke", prefix, "--config", config, check=False)
     assert again.returncode == 1

@@ -7,7 +7,14 @@ from typing import Annotated
 
 import typer
 
-from localstability.admin import ConfigOption, database_session, ledger_app, orgs_app, users_app
+from localstability.admin import (
+    ConfigOption,
+    admin_service,
+    ledger_app,
+    orgs_app,
+    print_rows,
+    users_app,
+)
 from localstability.config import Settings, load_settings
 
 app = typer.Typer(help="A self-hosted Stability AI REST API v1 server.", no_args_is_help=True)
@@ -57,26 +64,20 @@ def keys_create(
     config: ConfigOption = None,
 ) -> None:
     """Create an API key and print it (the only time it is shown)."""
-    from localstability.store.accounts import create_user
-
-    with database_session(config) as session:
-        created = create_user(session, email, credits, actor="cli")
-    typer.echo(created.key)
+    with admin_service(config) as admin:
+        typer.echo(admin.create_key(email, credits).key)
 
 
 @keys_app.command("list")
 def keys_list(
     email: Annotated[str | None, typer.Option(help="Only this user's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     config: ConfigOption = None,
 ) -> None:
     """List keys by their prefix (keys themselves are never stored)."""
-    from localstability.store.accounts import list_keys
-
-    with database_session(config, write=False) as session:
-        for key in list_keys(session, email):
-            state = "revoked" if key.revoked else "active"
-            used = key.last_used_at or "never used"
-            typer.echo(f"{key.prefix}...  {key.email:30} {state:8} {key.created_at}  {used}")
+    with admin_service(config) as admin:
+        columns = ["prefix", "email", "revoked", "created_at", "last_used_at"]
+        print_rows(admin.keys(email), as_json, columns)
 
 
 @keys_app.command("revoke")
@@ -85,10 +86,8 @@ def keys_revoke(
     config: ConfigOption = None,
 ) -> None:
     """Revoke a key: it gets 401 from then on."""
-    from localstability.store.accounts import revoke_key
-
-    with database_session(config) as session:
-        count = revoke_key(session, prefix.removesuffix("..."))
+    with admin_service(config) as admin:
+        count = admin.revoke_key(prefix)
     if not count:
         typer.echo(f"no active key with prefix {prefix}", err=True)
         raise typer.Exit(1)

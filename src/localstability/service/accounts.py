@@ -12,6 +12,25 @@ from localstability.service.ratelimit import RateLimiter
 from localstability.store import accounts, ledger
 from localstability.store.accounts import CreatedKey, Principal
 from localstability.store.db import Database
+from localstability.store.models import User
+
+
+def account_of(user: User) -> AccountResponseBody:
+    """A user as /v1/user/account shows it (memberships loaded)."""
+    return AccountResponseBody(
+        id=user.id,
+        email=user.email,
+        profile_picture=user.profile_picture,
+        organizations=[
+            OrganizationMembership(
+                id=m.organization.id,
+                name=m.organization.name,
+                role=m.role,
+                is_default=m.is_default,
+            )
+            for m in user.memberships
+        ],
+    )
 
 
 class AccountService:
@@ -35,21 +54,7 @@ class AccountService:
 
     def account(self, principal: Principal) -> AccountResponseBody:
         with self.database.session() as session:
-            user = accounts.get_user(session, principal.user_id)
-            return AccountResponseBody(
-                id=user.id,
-                email=user.email,
-                profile_picture=user.profile_picture,
-                organizations=[
-                    OrganizationMembership(
-                        id=m.organization.id,
-                        name=m.organization.name,
-                        role=m.role,
-                        is_default=m.is_default,
-                    )
-                    for m in user.memberships
-                ],
-            )
+            return account_of(accounts.get_user(session, principal.user_id))
 
     def balance(self, principal: Principal) -> BalanceResponseBody:
         with self.database.session() as session:

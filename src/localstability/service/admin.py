@@ -1,0 +1,221 @@
+"""Administration use cases, shared by the CLI and the admin HTTP API (/admin/v1).
+
+Users, organizations and their members, credit grants, the ledger, generation records and
+API keys. Each call is one transaction; results are pydantic models, so the CLI's --json and
+the HTTP API print the same shapes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from localstability.protocol import AccountResponseBody
+from localstability.service.accounts import account_of
+from localstability.store import accounts, ledger
+from localstability.store.db import Database
+from localstability.store.models import Generation, LedgerEntry, Organization
+
+
+class MemberInfo(BaseModel):
+    user_id: str
+    email: str
+    role: str
+    is_default: bool
+
+
+class OrganizationInfo(BaseModel):
+    id: str
+    name: str
+    credits: float = Field(description="What the organization may spend now.")
+    reserved: float = Field(description="What its running generations hold.")
+    members: list[MemberInfo]
+
+
+class LedgerEntryInfo(BaseModel):
+    id: int
+    created_at: datetime
+    kind: str
+    credits: float
+    balance_after: float
+    generation_id: str | None
+    actor: str | None
+    note: str | None
+
+
+class LedgerInfo(BaseModel):
+    organization_id: str
+    credits: float
+    reserved: float
+    adds_up: bool = Field(description="The balances equal the sums of the ledger entries.")
+    entries: list[LedgerEntryInfo]
+
+
+class GenerationInfo(BaseModel):
+    id: str
+    created_at: datetime
+    engine_id: str
+    task: str
+    status: str
+    credits: float
+    seconds: float | None = Field(description="Run time, from start to end.")
+    finish_reasons: list[str] | None
+    error: str | None
+
+
+class KeyInfo(BaseModel):
+    prefix: str
+    email: str
+    created_at: str
+    last_used_at: str | None
+    revoked: bool
+
+
+class NewKey(BaseModel):
+    key: str = Field(description="Shown this once; only its hash is stored.")
+    user_id: str
+    organization_id: str
+
+
+def _organization_info(org: Organization) -> OrganizationInfo:
+    return OrganizationInfo(
+        id=org.id,
+        name=org.name,
+        credits=ledger.credits(org.balance),
+        reserved=ledger.credits(org.reserved),
+        members=[
+            MemberInfo(user_id=m.user_id, email=m.user.email, role=m.role, is_default=m.is_default)
+            for m in org.memberships
+        ],
+    )
+
+
+def _entry_info(entry: LedgerEntry) -> LedgerEntryInfo:
+    return LedgerEntryInfo(
+        id=entry.id,
+        created_at=entry.created_at,
+        kind=entry.kind.value,
+        credits=ledger.credits(entry.amount),
+        balance_after=ledger.credits(entry.balance_after),
+        generation_id=entry.generation_id,
+        actor=entry.actor,
+        note=entry.note,
+    )
+
+
+class AdminService:
+    def __init__(self, database: Database, actor: str) -> None:
+        self.database = database
+        self.actor = actor  # who the ledger names for grants: "cli", "admin-api"
+
+    def create_user(
+        self,
+        email: str,
+        organization_id: str | None = None,
+        role: str = "MEMBER",
+        profile_picture: str | None = None,
+    ) -> AccountResponseBody:
+        """A user without a key; with no organization given, one of their own (as OWNER)."""
+        with self.database.session.begin() as session:
+            user = accounts.add_user(session, email, profile_picture)
+            if organization_id is None:
+                organization_id = accounts.create_organization(
+                    session, f"{email}'s organization"
+                ).id
+                role = "OWNER"
+            accounts.add_member(session, email, organization_id, role, default=True)
+            session.refresh(user)
+            return account_of(user)
+
+    def users(self) -> list[AccountResponseBody]:
+        with self.database.session() as session:
+            return [account_of(user) for user in accounts.list_users(session)]
+
+    def create_organization(self, name: str, credits: float = 0.0) -> OrganizationInfo:
+        with self.database.session.begin() as session:
+            org = accounts.create_organization(session, name)
+            if credits:
+                ledger.grant(
+                    session, org.id, ledger.micros(credits), actor=self.actor, note="created"
+                )
+            session.refresh(org)
+            return _organization_info(org)
+
+    def organizations(self) -> list[OrganizationInfo]:
+        with self.database.session() as session:
+            return [_organization_info(org) for org in accounts.list_organizations(session)]
+
+    def add_member(
+        self, organization_id: str, email: str, role: str = "MEMBER", default: bool = False
+    ) -> MemberInfo:
+        with self.database.session.begin() as session:
+            membership = accounts.add_member(session, email, organization_id, role, default)
+            return MemberInfo(
+                user_id=membership.user_id,
+                email=email,
+                role=membership.role,
+                is_default=membership.is_default,
+            )
+
+    def grant(self, organization_id: str, credits: float, note: str | None) -> LedgerEntryInfo:
+        with self.database.session.begin() as session:
+            entry = ledger.grant(
+                session, organization_id, ledger.micros(credits), actor=self.actor, note=note
+            )
+            session.flush()
+            return _entry_info(entry)
+
+    def ledger(self, organization_id: str, limit: int = 50) -> LedgerInfo:
+        with self.database.session() as session:
+            check = ledger.audit(session, organization_id)
+            return LedgerInfo(
+                organization_id=organization_id,
+                credits=ledger.credits(check.balance),
+                reserved=ledger.credits(check.reserved),
+                adds_up=check.adds_up,
+                entries=[_entry_info(e) for e in ledger.entries(session, organization_id, limit)],
+            )
+
+    def generations(self, organization_id: str, limit: int = 20) -> list[GenerationInfo]:
+        with self.database.session() as session:
+            ledger.organization(session, organization_id)
+            records = session.scalars(
+                select(Generation)
+                .where(Generation.organization_id == organization_id)
+                .order_by(Generation.created_at.desc())
+                .limit(limit)
+            ).all()
+            return [
+                GenerationInfo(
+                    id=g.id,
+                    created_at=g.created_at,
+                    engine_id=g.engine_id,
+                    task=g.task,
+                    status=g.status.value,
+                    credits=ledger.credits(g.cost),
+                    seconds=round((g.finished_at - g.started_at).total_seconds(), 3)
+                    if g.finished_at and g.started_at
+                    else None,
+                    finish_reasons=g.finish_reasons,
+                    error=g.error,
+                )
+                for g in records
+            ]
+
+    def create_key(self, email: str, credits: float = 0.0) -> NewKey:
+        """A key for `email` (a new user gets their own organization holding `credits`)."""
+        with self.database.session.begin() as session:
+            created = accounts.create_user(session, email, credits, actor=self.actor)
+            return NewKey(
+                key=created.key, user_id=created.user_id, organization_id=created.organization_id
+            )
+
+    def keys(self, email: str | None = None) -> list[KeyInfo]:
+        with self.database.session() as session:
+            return [KeyInfo(**vars(key)) for key in accounts.list_keys(session, email)]
+
+    def revoke_key(self, prefix: str) -> int:
+        with self.database.session.begin() as session:
+            return accounts.revoke_key(session, prefix.removesuffix("..."))
