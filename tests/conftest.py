@@ -56,6 +56,7 @@ def postgres() -> Iterator[PostgresServer]:
 
 
 DATABASES = ["sqlite", "postgresql"]
+ADMIN_KEY = "test-admin-key-4d1f0c8e2b7a9d3f6e5c1b0a"
 
 
 @dataclass
@@ -109,7 +110,11 @@ def start_deployment(
 ) -> Deployment:
     """`localstability serve` with the tiny models on SQLite or on the session's PostgreSQL."""
     directory.mkdir(parents=True, exist_ok=True)
-    env = {"LOCALSTABILITY_DATA_DIR": str(directory / "data"), **env}
+    env = {
+        "LOCALSTABILITY_DATA_DIR": str(directory / "data"),
+        "LOCALSTABILITY_ADMIN_KEY": ADMIN_KEY,
+        **env,
+    }
     if database == "postgresql":
         pg: PostgresServer = request.getfixturevalue("postgres")
         env["LOCALSTABILITY_DATABASE_URL"] = pg.create_database(directory.name.lower())

@@ -111,3 +111,33 @@ def test_keys_list_and_revoke(server: Server) -> None:
     assert "True" in listed().splitlines()[1]
     again = run_cli("keys", "revoke", prefix, "--config", config, check=False)
     assert again.returncode == 1
+
+
+def test_admin_commands(tmp_path: Path) -> None:
+    env = {"LOCALSTABILITY_DATA_DIR": str(tmp_path)}
+    org = run_cli("orgs", "create", "--name", "Acme", "--credits", "10", env=env).stdout.strip()
+    assert org.startswith("org-")
+    run_cli(
+        "users", "create", "--email", "ann@acme.example", "--org", org, "--role", "ADMIN", env=env
+    )
+    run_cli("users", "create", "--email", "ben@acme.example", env=env)
+    joined = run_cli("orgs", "add-member", "--org", org, "--email", "ben@acme.example", env=env)
+    assert joined.stdout.strip() == f"ben@acme.example is MEMBER of {org}"
+    assert run_cli("orgs", "grant", "--org", org, "2.5", "--note", "top-up", env=env).stdout == (
+        f"{org}: 12.5 credits\n"
+    )
+    refused = run_cli("orgs", "grant", "--org", org, "--", "-100", check=False, env=env)
+    assert refused.returncode == 1 and "below zero" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    users = {u["email"]: u for u in json.loads(run_cli("users", "list", "--json", env=env).stdout)}
+    assert users["ann@acme.example"]["organizations"][0]["role"] == "ADMIN"
+    assert len(users["ben@acme.example"]["organizations"]) == 2
+    [acme] = [
+        o for o in json.loads(run_cli("orgs", "list", "--json", env=env).stdout) if o["id"] == org
+    ]
+    assert acme["credits"] == 12.5
+    assert {m["email"] for m in acme["members"]} == {"ann@acme.example", "ben@acme.example"}
+    shown = run_cli("ledger", "show", "--org", org, env=env).stdout
+    assert "top-up" in shown and shown.strip().endswith("the ledger adds up")
+    missing = run_cli("ledger", "show", "--org", "org-nope", check=False, env=env)
+    assert missing.returncode == 1 and "no organization org-nope" in missing.stderr

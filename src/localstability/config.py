@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_ENV = "LOCALSTABILITY_CONFIG"
@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         "and an API key and print the key once.",
     )
     bootstrap_credits: float = 1000.0
+    admin_key: SecretStr | None = Field(
+        None,
+        description="The key of the admin HTTP API (/admin/v1); unset: that API is off. "
+        "Use a long random string, e.g. from `openssl rand -hex 32`.",
+    )
     billing: bool = Field(
         True,
         description="Charge credits for generations; off: nothing is reserved or charged "

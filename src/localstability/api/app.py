@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from localstability import __version__
 from localstability.api.deps import AppContext
 from localstability.api.errors import install_error_handlers
-from localstability.api.routes import engines, generation, user
+from localstability.api.routes import admin, engines, generation, user
 from localstability.config import Settings, load_settings
 from localstability.inference.devices import resolve_device, resolve_dtype
 from localstability.inference.loader import PipelineCache
@@ -28,6 +28,7 @@ from localstability.protocol import (
     UpscaleRequestBody,
 )
 from localstability.service.accounts import AccountService
+from localstability.service.admin import AdminService
 from localstability.service.billing import Billing
 from localstability.service.generation import GenerationService
 from localstability.service.ratelimit import RateLimiter
@@ -56,6 +57,7 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
         generation=GenerationService(
             settings, pipelines, worker, Billing(database, settings.billing)
         ),
+        admin=AdminService(database, actor="admin-api"),
     )
     return context, database, worker
 
@@ -129,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.context = context
     install_error_handlers(app)
-    for router in (engines.router, user.router, generation.router):
+    for router in (engines.router, user.router, generation.router, admin.router):
         app.include_router(router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
 

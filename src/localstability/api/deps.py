@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from localstability import errors
 from localstability.config import Settings
 from localstability.service.accounts import AccountService
+from localstability.service.admin import AdminService
 from localstability.service.generation import GenerationService
 from localstability.store.accounts import Principal
 
@@ -25,6 +26,7 @@ class AppContext:
     settings: Settings
     accounts: AccountService
     generation: GenerationService
+    admin: AdminService
 
 
 def get_context(request: Request) -> AppContext:

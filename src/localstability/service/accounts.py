@@ -15,6 +15,17 @@ from localstability.store.db import Database
 from localstability.store.models import User
 
 
+def bearer_token(authorization: str | None) -> str:
+    """The key of an Authorization header: "Bearer KEY" or a bare key (as the hosted API)."""
+    if not authorization or not authorization.strip():
+        raise errors.Unauthorized("missing authorization header")
+    scheme, _, rest = authorization.strip().partition(" ")
+    key = rest.strip() if scheme.lower() == "bearer" else authorization.strip()
+    if not key:
+        raise errors.Unauthorized("missing API key in the authorization header")
+    return key
+
+
 def account_of(user: User) -> AccountResponseBody:
     """A user as /v1/user/account shows it (memberships loaded)."""
     return AccountResponseBody(
@@ -40,12 +51,7 @@ class AccountService:
 
     def authenticate(self, authorization: str | None, organization_id: str | None) -> Principal:
         """Check an Authorization header ("Bearer KEY" or a bare key)."""
-        if not authorization or not authorization.strip():
-            raise errors.Unauthorized("missing authorization header")
-        scheme, _, rest = authorization.strip().partition(" ")
-        key = rest.strip() if scheme.lower() == "bearer" else authorization.strip()
-        if not key:
-            raise errors.Unauthorized("missing API key in the authorization header")
+        key = bearer_token(authorization)
         with self.database.session.begin() as session:
             principal = accounts.authenticate(session, key, organization_id or None)
         if self.limiter is not None:
