@@ -86,6 +86,23 @@ class Settings(BaseSettings):
         150, description="Requests per API key in each rate-limit window; 0 turns limits off."
     )
     rate_limit_window_s: float = Field(10.0, description="The rate-limit window in seconds.")
+    max_queued_jobs: int = Field(
+        256,
+        description="Generations that may wait in the queue; beyond: 503 queue_full. 0: no bound.",
+    )
+    max_jobs_per_organization: int = Field(
+        64,
+        description="Generations one organization may have queued or running; beyond: "
+        "429 too_many_jobs. 0: no cap.",
+    )
+    result_ttl_s: float = Field(
+        600.0, description="How long a finished generation's images stay for GET by id."
+    )
+    shutdown_grace_s: float = Field(
+        30.0,
+        description="On SIGTERM, how long queued and running generations may take to finish "
+        "before they are cancelled and refunded.",
+    )
     trim_memory: bool = Field(
         True,
         description="Return freed memory to the OS after each job (lower resident memory; "

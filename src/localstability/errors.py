@@ -87,3 +87,39 @@ class RateLimited(ApiError):
     """Too many requests for one API key (the spec leaves the 429 body open: the envelope)."""
 
     status, name = 429, "rate_limited"
+
+
+class TooManyJobs(ApiError):
+    """An organization has as many generations queued or running as it may (extension)."""
+
+    status, name = 429, "too_many_jobs"
+
+
+class QueueFull(ApiError):
+    """The server's generation queue is full (extension)."""
+
+    status, name = 503, "queue_full"
+
+
+class ShuttingDown(ApiError):
+    """The server is stopping and admits no new generation (extension)."""
+
+    status, name = 503, "shutting_down"
+
+
+class GenerationCancelled(ApiError):
+    """The generation was cancelled (DELETE /v1/generation/{id}) before it finished."""
+
+    status, name = 409, "generation_cancelled"
+
+
+class DuplicateGenerationId(ApiError):
+    """A client-chosen generation id that is in use already."""
+
+    status, name = 409, "duplicate_generation_id"
+
+
+class ResultExpired(ApiError):
+    """The generation succeeded, but its images are no longer kept."""
+
+    status, name = 410, "result_expired"

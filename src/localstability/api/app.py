@@ -5,21 +5,23 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from localstability import __version__
 from localstability.api.deps import AppContext
 from localstability.api.errors import install_error_handlers
-from localstability.api.routes import admin, engines, generation, user
+from localstability.api.routes import admin, engines, generation, jobs, user
 from localstability.config import Settings, load_settings
 from localstability.inference.devices import resolve_device, resolve_dtype
 from localstability.inference.loader import PipelineCache
 from localstability.inference.worker import InferenceWorker
+from localstability.jobs.local import LocalJobBackend
 from localstability.protocol import (
     GenerationResponse,
     ImageToImageRequestBody,
@@ -54,10 +56,15 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
         accounts=AccountService(
             database, RateLimiter(settings.rate_limit_requests, settings.rate_limit_window_s)
         ),
-        generation=GenerationService(
-            settings, pipelines, worker, Billing(database, settings.billing)
-        ),
+        generation=GenerationService(settings, pipelines),
         admin=AdminService(database, actor="admin-api"),
+        jobs=LocalJobBackend(
+            Billing(database, settings.billing),
+            worker,
+            max_queued=settings.max_queued_jobs,
+            max_per_organization=settings.max_jobs_per_organization,
+            result_ttl_s=settings.result_ttl_s,
+        ),
     )
     return context, database, worker
 
@@ -107,6 +114,41 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
+class RequestLog:
+    """One structured log line per request. A plain ASGI middleware: Starlette's
+    BaseHTTPMiddleware would hide a client's disconnect from the routes, which cancel the
+    generation of a client that went away."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_logged(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_logged)
+        finally:
+            log.info(
+                "request",
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status,
+                    "ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI application for `settings` (default: from LOCALSTABILITY_CONFIG and env)."""
     settings = settings or load_settings()
@@ -114,11 +156,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        context.generation.billing.recover()
+        context.jobs.billing.recover()
         if settings.bootstrap_key:
             bootstrap_key(context)
         log.info("ready", extra={"engines": [e.id for e in context.generation.engines()]})
         yield
+        await context.jobs.shutdown(settings.shutdown_grace_s)
         worker.shutdown()
         database.dispose()
 
@@ -131,25 +174,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.context = context
     install_error_handlers(app)
-    for router in (engines.router, user.router, generation.router, admin.router):
+    for router in (engines.router, user.router, generation.router, jobs.router, admin.router):
         app.include_router(router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
 
-    @app.middleware("http")
-    async def log_requests(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        log.info(
-            "request",
-            extra={
-                "method": request.method,
-                "path": request.url.path,
-                "status": response.status_code,
-                "ms": round((time.perf_counter() - started) * 1000, 1),
-            },
-        )
-        return response
+    app.add_middleware(RequestLog)
 
     return app

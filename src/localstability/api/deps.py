@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from localstability import errors
 from localstability.config import Settings
+from localstability.jobs.local import LocalJobBackend
 from localstability.service.accounts import AccountService
 from localstability.service.admin import AdminService
 from localstability.service.generation import GenerationService
@@ -27,6 +28,7 @@ class AppContext:
     accounts: AccountService
     generation: GenerationService
     admin: AdminService
+    jobs: LocalJobBackend
 
 
 def get_context(request: Request) -> AppContext:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from localstability.inference.control import NO_CONTROL, StepControl
 from localstability.inference.prompts import WeightedPrompt, encode_weighted_prompts
 from localstability.inference.schedulers import make_scheduler
 from localstability.protocol import Sampler
@@ -72,9 +73,16 @@ def generators(seeds: list[int]) -> list[Any]:
     return [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
 
 
-def _run(view: Any, params: DiffusionParams, **call: Any) -> list[GeneratedImage]:
+def _run(
+    view: Any, params: DiffusionParams, control: StepControl, total: int, **call: Any
+) -> list[GeneratedImage]:
+    """Call the pipeline; `control` sees each of the `total` denoising steps and may stop it."""
     import torch
 
+    control.check()
+    call["callback_on_step_end"] = control.diffusers_callback(
+        total, call.pop("callback_on_step_end", None)
+    )
     with torch.inference_mode():
         embeddings = encode_weighted_prompts(view, params.prompts, view._execution_device)
         output = view(
@@ -93,10 +101,12 @@ def _run(view: Any, params: DiffusionParams, **call: Any) -> list[GeneratedImage
     ]
 
 
-def run_text_to_image(pipe: Any, params: TextToImageParams) -> list[GeneratedImage]:
+def run_text_to_image(
+    pipe: Any, params: TextToImageParams, control: StepControl = NO_CONTROL
+) -> list[GeneratedImage]:
     """Encode the weighted prompts, denoise from noise, decode: one image per seed."""
     view = request_pipeline(pipe, "text-to-image", params.sampler)
-    return _run(view, params, width=params.width, height=params.height)
+    return _run(view, params, control, params.steps, width=params.width, height=params.height)
 
 
 def steps_run(steps: int, strength: float, skip_end: float) -> int:
@@ -105,7 +115,9 @@ def steps_run(steps: int, strength: float, skip_end: float) -> int:
     return max(started - int(steps * skip_end), 0)
 
 
-def run_image_to_image(pipe: Any, params: ImageToImageParams) -> list[GeneratedImage]:
+def run_image_to_image(
+    pipe: Any, params: ImageToImageParams, control: StepControl = NO_CONTROL
+) -> list[GeneratedImage]:
     """Noise the init image to `strength`, denoise (stopping early for `skip_end`), decode."""
     keep = steps_run(params.steps, params.strength, params.skip_end)
     if keep == 0:
@@ -120,7 +132,7 @@ def run_image_to_image(pipe: Any, params: ImageToImageParams) -> list[GeneratedI
             return kwargs
 
         call["callback_on_step_end"] = stop_early
-    return _run(view, params, **call)
+    return _run(view, params, control, keep, **call)
 
 
 def composite(init_image: Any, generated: Any, mask: Any) -> Any:
@@ -135,13 +147,17 @@ def composite(init_image: Any, generated: Any, mask: Any) -> Any:
     return Image.fromarray(np.clip(np.rint(blended), 0, 255).astype(np.uint8), "RGB")
 
 
-def run_inpaint(pipe: Any, params: InpaintParams) -> list[GeneratedImage]:
+def run_inpaint(
+    pipe: Any, params: InpaintParams, control: StepControl = NO_CONTROL
+) -> list[GeneratedImage]:
     """Regenerate where the mask says so, then composite so that kept pixels stay exact."""
     view = request_pipeline(pipe, "inpaint", params.sampler)
     width, height = params.init_image.size
     results = _run(
         view,
         params,
+        control,
+        params.steps,
         image=params.init_image,
         mask_image=params.mask,
         width=width,

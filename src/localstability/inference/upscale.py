@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from localstability import errors
+from localstability.inference.control import NO_CONTROL, StepControl
 from localstability.inference.diffusion import generators
 from localstability.inference.loader import PipelineCache, WeightSource, download, unavailable
 from localstability.inference.prompts import WeightedPrompt, encode_weighted_prompts
@@ -46,11 +47,15 @@ def load_esrgan(cache: PipelineCache, source: WeightSource, fallback: WeightSour
         return cache.get_or_load(fallback, lambda: load(fallback))
 
 
-def run_esrgan(model: Any, image: Any, width: int, height: int) -> Any:
-    """The model at its native scale in overlapping tiles, then a Lanczos resize to the size."""
+def run_esrgan(
+    model: Any, image: Any, width: int, height: int, control: StepControl = NO_CONTROL
+) -> Any:
+    """The model at its native scale in overlapping tiles, then a Lanczos resize to the size.
+    `control` sees each tile and may stop between tiles."""
     from localstability.upscalers.esrgan import upscale_to
 
-    return upscale_to(model, image, width, height)
+    control.check()
+    return upscale_to(model, image, width, height, on_tile=control.step)
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,9 @@ class LatentUpscaleParams:
     seed: int
 
 
-def run_latent_upscale(pipe: Any, params: LatentUpscaleParams) -> Any:
+def run_latent_upscale(
+    pipe: Any, params: LatentUpscaleParams, control: StepControl = NO_CONTROL
+) -> Any:
     """diffusers' x4 upscale pipeline: the input is first resized to a quarter of the target
     (rounded up to a multiple of 8), so that any requested size comes out of one 4x pass."""
     import torch
@@ -79,6 +86,7 @@ def run_latent_upscale(pipe: Any, params: LatentUpscaleParams) -> Any:
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
     view = type(pipe).from_pipe(pipe, scheduler=scheduler)
     view.set_progress_bar_config(disable=True)
+    control.check()
     with torch.inference_mode():
         embeddings = encode_weighted_prompts(view, params.prompts, view._execution_device)
         output = view(
@@ -88,6 +96,9 @@ def run_latent_upscale(pipe: Any, params: LatentUpscaleParams) -> Any:
             guidance_scale=params.cfg_scale,
             generator=generators([params.seed])[0],
             output_type="pil",
+            # This pipeline has only the older per-step callback.
+            callback=lambda index, _t, _latents: control.step(index + 1, params.steps),
+            callback_steps=1,
         )
     upscaled = output.images[0]
     if upscaled.size != (params.width, params.height):

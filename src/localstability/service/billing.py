@@ -74,10 +74,11 @@ class Billing:
         task: Task,
         parameters: dict[str, Any],
         cost: int,
+        generation_id: str | None = None,
     ) -> str:
         """Record a queued generation and hold its cost; InsufficientBalance when short."""
         generation = Generation(
-            id=uuid.uuid4().hex,
+            id=generation_id or uuid.uuid4().hex,
             organization_id=principal.organization_id,
             user_id=principal.user_id,
             api_key_id=principal.key_id or None,
@@ -104,12 +105,9 @@ class Billing:
                 finish_reasons=finish_reasons,
             )
 
-    def fail(self, generation_id: str, error: BaseException) -> None:
-        """Refund: the job raised, or the request waiting on it went away (cancelled)."""
-        cancelled = not isinstance(error, Exception)  # asyncio.CancelledError and the like
-        status = GenerationStatus.CANCELLED if cancelled else GenerationStatus.FAILED
-        message = f"{type(error).__name__}: {error}"
+    def end(self, generation_id: str, status: GenerationStatus, error: str) -> None:
+        """Refund: the generation failed or was cancelled."""
         with self.database.session.begin() as session:
-            refunded = ledger.finish(session, generation_id, status, error=message)
+            refunded = ledger.finish(session, generation_id, status, error=error)
         if refunded:
             log.info("generation refunded", extra={"generation": generation_id, "status": status})

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image as PILImage
@@ -16,11 +14,11 @@ from localstability import errors
 from localstability.config import Settings
 from localstability.engines import CATALOGUE, EngineSpec, Family, Task, get_engine, upscale_size
 from localstability.inference import diffusion, upscale
+from localstability.inference.control import StepControl
 from localstability.inference.loader import PipelineCache, WeightSource
 from localstability.inference.prompts import WeightedPrompt
-from localstability.inference.worker import InferenceWorker
+from localstability.jobs.base import JobSpec, RunFn
 from localstability.protocol import (
-    FinishReason,
     GenerationRequestOptionalParams,
     ImageToImageRequestBody,
     InitImageMode,
@@ -30,7 +28,7 @@ from localstability.protocol import (
     TextToImageRequestBody,
     UpscaleRequestBody,
 )
-from localstability.service.billing import Billing
+from localstability.service.artifacts import Artifact, to_artifacts
 from localstability.service.images import decode_upload
 from localstability.service.pricing import cost_micros
 from localstability.service.prompts import weighted_prompts
@@ -38,32 +36,6 @@ from localstability.service.seeds import sample_seeds
 from localstability.store.accounts import Principal
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Artifact:
-    """One generated image, PNG-encoded, with the seed that made it."""
-
-    png: bytes
-    seed: int
-    finish_reason: FinishReason
-
-
-def encode_png(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def to_artifacts(images: list[diffusion.GeneratedImage]) -> list[Artifact]:
-    return [
-        Artifact(
-            png=encode_png(generated.image),
-            seed=generated.seed,
-            finish_reason=FinishReason.CONTENT_FILTERED if generated.nsfw else FinishReason.SUCCESS,
-        )
-        for generated in images
-    ]
 
 
 def weight_source(settings: Settings, engine: EngineSpec, role: str = "base") -> WeightSource:
@@ -101,17 +73,9 @@ def required_file(files: dict[str, bytes], name: str) -> bytes:
 class GenerationService:
     """Text-to-image, image-to-image, masking and upscale for the front doors."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        pipelines: PipelineCache,
-        worker: InferenceWorker,
-        billing: Billing,
-    ):
+    def __init__(self, settings: Settings, pipelines: PipelineCache):
         self.settings = settings
         self.pipelines = pipelines
-        self.worker = worker
-        self.billing = billing
 
     def engines(self) -> list[EngineSpec]:
         """The engines this deployment serves, in catalogue order."""
@@ -167,51 +131,40 @@ class GenerationService:
             samples=samples,
         )
 
-    async def _billed(
+    def _spec(
         self,
         principal: Principal,
         engine: EngineSpec,
         task: Task,
         body: BaseModel,
         cost: int,
-        job: Callable[[], list[Artifact]],
-    ) -> list[Artifact]:
-        """Run `job` on the worker between a reservation and its charge (or refund)."""
-        parameters = body.model_dump(mode="json", exclude_unset=False)
-        generation_id = await asyncio.to_thread(
-            self.billing.reserve, principal, engine, task, parameters, cost
+        run: RunFn,
+    ) -> JobSpec:
+        return JobSpec(
+            principal=principal,
+            engine=engine,
+            task=task,
+            parameters=body.model_dump(mode="json"),
+            cost=cost,
+            run=run,
         )
 
-        def tracked() -> list[Artifact]:
-            self.billing.start(generation_id)
-            return job()
-
-        try:
-            artifacts = await self.worker.run(tracked)
-        except BaseException as exc:
-            # Also on cancellation: no images reach the client, so nothing is charged.
-            self.billing.fail(generation_id, exc)
-            raise
-        reasons = [a.finish_reason.value for a in artifacts]
-        await asyncio.to_thread(self.billing.succeed, generation_id, reasons)
-        return artifacts
-
-    async def _generate(
+    def _diffusion(
         self,
         principal: Principal,
         task: Task,
         body: GenerationRequestOptionalParams,
         engine: EngineSpec,
         source: WeightSource,
-        run: Callable[[Any, Any], list[diffusion.GeneratedImage]],
+        run: Callable[[Any, Any, StepControl], list[diffusion.GeneratedImage]],
         params: diffusion.DiffusionParams,
         size: tuple[int, int],
-    ) -> list[Artifact]:
-        def job() -> list[Artifact]:
-            return to_artifacts(run(self.pipelines.get(source), params))
+    ) -> JobSpec:
+        def job(control: StepControl) -> list[Artifact]:
+            return to_artifacts(run(self.pipelines.get(source), params, control))
 
         cost = self.cost(engine, *size, steps=body.steps, samples=body.samples)
-        return await self._billed(principal, engine, task, body, cost, job)
+        return self._spec(principal, engine, task, body, cost, job)
 
     async def text_to_image(
         self,
@@ -220,7 +173,7 @@ class GenerationService:
         body: TextToImageRequestBody,
         *,
         png_response: bool,
-    ) -> list[Artifact]:
+    ) -> JobSpec:
         """Validate a text-to-image request against the engine's rules and run it."""
         engine = self.engine(engine_id, Task.TEXT_TO_IMAGE)
         common = self._common(body, body.text_prompts, png_response)
@@ -229,7 +182,7 @@ class GenerationService:
         height = body.height if "height" in body.model_fields_set else engine.default_height
         engine.check_size(width, height)
         params = diffusion.TextToImageParams(**common, width=width, height=height)
-        return await self._generate(
+        return self._diffusion(
             principal,
             Task.TEXT_TO_IMAGE,
             body,
@@ -248,7 +201,7 @@ class GenerationService:
         files: dict[str, bytes],
         *,
         png_response: bool,
-    ) -> list[Artifact]:
+    ) -> JobSpec:
         """Image-to-image: the output takes the init image's size, under the engine's rules."""
         engine = self.engine(engine_id, Task.IMAGE_TO_IMAGE)
         init_image = await self.decode(required_file(files, "init_image"), "init_image")
@@ -261,7 +214,7 @@ class GenerationService:
         params = diffusion.ImageToImageParams(
             **common, init_image=init_image.convert("RGB"), strength=strength, skip_end=skip_end
         )
-        return await self._generate(
+        return self._diffusion(
             principal,
             Task.IMAGE_TO_IMAGE,
             body,
@@ -280,7 +233,7 @@ class GenerationService:
         files: dict[str, bytes],
         *,
         png_response: bool,
-    ) -> list[Artifact]:
+    ) -> JobSpec:
         """Inpainting: regenerate where the mask says, keep the init image's pixels elsewhere."""
         engine = self.engine(engine_id, Task.MASKING)
         init_image = await self.decode(required_file(files, "init_image"), "init_image")
@@ -297,7 +250,7 @@ class GenerationService:
             if config.inpainting_source
             else self.source(engine)
         )
-        return await self._generate(
+        return self._diffusion(
             principal,
             Task.MASKING,
             body,
@@ -316,7 +269,7 @@ class GenerationService:
         files: dict[str, bytes],
         *,
         png_response: bool,
-    ) -> list[Artifact]:
+    ) -> JobSpec:
         """Upscale: twice the input by default, or to the given width or height (aspect kept)."""
         engine = self.engine(engine_id, Task.UPSCALE)
         image = await self.decode(required_file(files, "image"), "image")
@@ -326,13 +279,13 @@ class GenerationService:
         if engine.family == Family.ESRGAN:
             fallback = fallback_source(self.settings, engine)
 
-            def esrgan_job() -> list[Artifact]:
+            def esrgan_job(control: StepControl) -> list[Artifact]:
                 model = upscale.load_esrgan(self.pipelines, source, fallback)
-                result = upscale.run_esrgan(model, image, width, height)
+                result = upscale.run_esrgan(model, image, width, height, control)
                 return to_artifacts([diffusion.GeneratedImage(result, seed, False)])
 
             cost = self.cost(engine, width, height)
-            return await self._billed(principal, engine, Task.UPSCALE, body, cost, esrgan_job)
+            return self._spec(principal, engine, Task.UPSCALE, body, cost, esrgan_job)
         prompts = (
             weighted_prompts(body.text_prompts, None)
             if body.text_prompts
@@ -348,12 +301,12 @@ class GenerationService:
             seed=seed,
         )
 
-        def latent_job() -> list[Artifact]:
-            result = upscale.run_latent_upscale(self.pipelines.get(source), params)
+        def latent_job(control: StepControl) -> list[Artifact]:
+            result = upscale.run_latent_upscale(self.pipelines.get(source), params, control)
             return to_artifacts([diffusion.GeneratedImage(result, seed, False)])
 
         cost = self.cost(engine, width, height, steps=body.steps)
-        return await self._billed(principal, engine, Task.UPSCALE, body, cost, latent_job)
+        return self._spec(principal, engine, Task.UPSCALE, body, cost, latent_job)
 
     async def _mask(
         self, mask_source: MaskSource, init_image: PILImage.Image, files: dict[str, bytes]

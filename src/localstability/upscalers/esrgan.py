@@ -48,6 +48,7 @@ import itertools
 import math
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -214,6 +215,7 @@ def upscale(
     *,
     tile: int = DEFAULT_TILE,
     overlap: int | None = None,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> Image.Image:
     """Upscale ``image`` by the model's native scale, in overlapping tiles.
 
@@ -237,6 +239,8 @@ def upscale(
         tile: the tile size in input pixels; ``tile <= 0`` runs the whole image at once.
         overlap: context pixels on each side of a tile (``>= 0``); ``None`` means
             :func:`default_overlap` of the model.
+        on_tile: called with (tiles done, tiles in all) after each tile; it may raise to
+            stop the upscale (cancellation).
 
     Returns:
         An RGB (or RGBA) image ``scale`` times as large in both dimensions.
@@ -261,7 +265,9 @@ def upscale(
     output = np.empty((height * scale, width * scale, 3), dtype=np.uint8)
     with torch.inference_mode():
         columns = _tiling(width, tile, overlap, multiple)
-        for (top, bottom), (ctx_top, ctx_bottom) in _tiling(height, tile, overlap, multiple):
+        rows = _tiling(height, tile, overlap, multiple)
+        done, total = 0, len(rows) * len(columns)
+        for (top, bottom), (ctx_top, ctx_bottom) in rows:
             for (left, right), (ctx_left, ctx_right) in columns:
                 piece = source[:, :, ctx_top:ctx_bottom, ctx_left:ctx_right]
                 result = model(piece.to(device=model.device, dtype=model.dtype).div(255.0))
@@ -269,6 +275,9 @@ def upscale(
                 y1, x1 = y0 + (bottom - top) * scale, x0 + (right - left) * scale
                 centre = _to_uint8(result[:, :, y0:y1, x0:x1])
                 output[top * scale : bottom * scale, left * scale : right * scale] = centre
+                done += 1
+                if on_tile is not None:
+                    on_tile(done, total)
     upscaled = Image.fromarray(output, "RGB")
     if alpha is not None:
         upscaled.putalpha(alpha.resize(upscaled.size, Image.Resampling.BICUBIC))
@@ -283,18 +292,19 @@ def upscale_to(
     *,
     tile: int = DEFAULT_TILE,
     overlap: int | None = None,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> Image.Image:
     """Upscale ``image`` with the model at its native scale, then resize to ``width x height``.
 
     The resize uses Lanczos filtering (skipped when the native result already has that size).
-    ``tile`` and ``overlap`` are passed to :func:`upscale`.
+    ``tile``, ``overlap`` and ``on_tile`` are passed to :func:`upscale`.
 
     Raises:
         ValueError: if ``width`` or ``height`` is not positive, or as :func:`upscale`.
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"target size must be positive, got {width}x{height}")
-    upscaled = upscale(model, image, tile=tile, overlap=overlap)
+    upscaled = upscale(model, image, tile=tile, overlap=overlap, on_tile=on_tile)
     if upscaled.size == (width, height):
         return upscaled
     return upscaled.resize((width, height), Image.Resampling.LANCZOS)

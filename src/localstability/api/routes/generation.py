@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from localstability import errors
 from localstability.api.deps import (
     AppContext,
     Context,
@@ -19,6 +21,7 @@ from localstability.api.deps import (
 )
 from localstability.api.multipart import parse_fields, read_multipart
 from localstability.engines import Task
+from localstability.jobs.base import JobSpec
 from localstability.protocol import (
     GenerationResponse,
     Image,
@@ -27,7 +30,7 @@ from localstability.protocol import (
     TextToImageRequestBody,
     UpscaleRequestBody,
 )
-from localstability.service.generation import Artifact
+from localstability.service.artifacts import Artifact
 from localstability.store.accounts import Principal
 
 router = APIRouter(tags=["v1/generation"])
@@ -72,14 +75,24 @@ def _multipart_body_schema(name: str, files: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
-def artifacts_response(artifacts: list[Artifact], png: bool) -> Response:
+def artifacts_response(
+    artifacts: list[Artifact], png: bool, headers: dict[str, str] | None = None
+) -> Response:
     """JSON {"artifacts": [...]} or, for Accept: image/png, the PNG with Seed and Finish-Reason."""
     if png:
+        if len(artifacts) > 1:
+            raise errors.InvalidSamples(
+                f"this generation made {len(artifacts)} images; use Accept: application/json"
+            )
         artifact = artifacts[0]
         return Response(
             content=artifact.png,
             media_type="image/png",
-            headers={"Finish-Reason": artifact.finish_reason.value, "Seed": str(artifact.seed)},
+            headers={
+                **(headers or {}),
+                "Finish-Reason": artifact.finish_reason.value,
+                "Seed": str(artifact.seed),
+            },
         )
     body = GenerationResponse(
         artifacts=[
@@ -91,7 +104,58 @@ def artifacts_response(artifacts: list[Artifact], png: bool) -> Response:
             for a in artifacts
         ]
     )
-    return JSONResponse(body.model_dump(mode="json"))
+    return JSONResponse(body.model_dump(mode="json"), headers=headers)
+
+
+GENERATION_ID = "Generation-Id"
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{7,63}")
+
+
+def requested_id(request: Request) -> str | None:
+    """The client's own id for the generation (Generation-Id request header), if any."""
+    value = request.headers.get(GENERATION_ID)
+    if value is None:
+        return None
+    if not _ID.fullmatch(value):
+        raise errors.BadRequest(
+            f"{GENERATION_ID}: 8 to 64 characters of letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def prefers_async(request: Request) -> bool:
+    """Prefer: respond-async (RFC 7240), among any other preferences."""
+    for header in request.headers.getlist("prefer"):
+        for preference in header.split(","):
+            if preference.split(";")[0].strip().lower() == "respond-async":
+                return True
+    return False
+
+
+async def run_generation(
+    request: Request, context: AppContext, spec: JobSpec, png: bool
+) -> Response:
+    """Submit the job; answer 202 at once (Prefer: respond-async) or wait for its images."""
+    spec.id = requested_id(request)
+    job = await context.jobs.submit(spec)
+    headers = {GENERATION_ID: job.id}
+    if prefers_async(request):
+        return JSONResponse(
+            context.jobs.view(job).as_json(),
+            status_code=202,
+            headers={
+                **headers,
+                "Location": f"/v1/generation/{job.id}",
+                "Preference-Applied": "respond-async",
+            },
+        )
+    try:
+        artifacts = await context.jobs.wait(job, request.is_disconnected)
+    except errors.ApiError as exc:
+        exc.headers = {**exc.headers, **headers}
+        raise
+    return artifacts_response(artifacts, png, headers)
 
 
 @router.post(
@@ -112,8 +176,8 @@ async def text_to_image(
     # An unknown engine, or one that can't do the task, is refused before the body is read.
     context.generation.engine(engine_id, Task.TEXT_TO_IMAGE)
     body = await parse_json_body(request, TextToImageRequestBody)
-    artifacts = await context.generation.text_to_image(principal, engine_id, body, png_response=png)
-    return artifacts_response(artifacts, png)
+    spec = await context.generation.text_to_image(principal, engine_id, body, png_response=png)
+    return await run_generation(request, context, spec, png)
 
 
 async def _multipart_generation(
@@ -124,7 +188,7 @@ async def _multipart_generation(
     task: Task,
     model: type[BaseModel],
     file_fields: tuple[str, ...],
-    run: Callable[..., Awaitable[list[Artifact]]],
+    prepare: Callable[..., Awaitable[JobSpec]],
     context: AppContext,
 ) -> Response:
     """The shape every multipart endpoint shares: engine check, form, fields, run, response."""
@@ -133,8 +197,8 @@ async def _multipart_generation(
     context.generation.engine(engine_id, task)
     form = await read_multipart(request, file_fields, context.settings.max_upload_bytes)
     body = parse_fields(form, model)
-    artifacts = await run(principal, engine_id, body, form.files, png_response=png)
-    return artifacts_response(artifacts, png)
+    spec = await prepare(principal, engine_id, body, form.files, png_response=png)
+    return await run_generation(request, context, spec, png)
 
 
 @router.post(

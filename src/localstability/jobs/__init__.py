@@ -1,0 +1,1 @@
+"""Generation jobs: ids, a queue, progress, cancellation (see base.JobBackend)."""

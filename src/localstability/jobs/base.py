@@ -1,0 +1,110 @@
+"""The job interface that every backend implements (in-process now; Celery later).
+
+A job is one generation: a validated, priced request with the function that runs it on a
+device. A backend admits it (reserving its credits), queues it fairly, runs it, reports
+progress, cancels it on request and keeps its result for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from localstability import errors
+from localstability.engines import EngineSpec, Task
+from localstability.inference.control import StepControl
+from localstability.service.artifacts import Artifact
+from localstability.store.accounts import Principal
+from localstability.store.models import GenerationStatus
+
+RunFn = Callable[[StepControl], list[Artifact]]
+
+
+@dataclass
+class JobSpec:
+    """What a backend needs to admit and run one generation."""
+
+    principal: Principal
+    engine: EngineSpec
+    task: Task
+    parameters: dict[str, Any]  # kept in the generation record
+    cost: int  # micro-credits
+    run: RunFn  # called on the inference thread
+    id: str | None = None  # the client's choice (Generation-Id), else a new one
+
+
+@dataclass
+class Job:
+    """A generation a backend knows of, and what it has to say about it."""
+
+    id: str
+    organization_id: str
+    spec: JobSpec
+    status: GenerationStatus = GenerationStatus.QUEUED
+    step: int = 0
+    total: int = 0
+    artifacts: list[Artifact] | None = None
+    error: errors.ApiError | None = None
+    created: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    control: StepControl = field(default_factory=StepControl)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished_ok(self) -> bool:
+        return self.status == GenerationStatus.SUCCEEDED
+
+    def result(self) -> list[Artifact]:
+        """The artifacts of a finished job, or the error it ended with."""
+        if self.artifacts is not None:
+            return self.artifacts
+        if self.error is not None:
+            raise self.error
+        raise errors.ServerError(f"generation {self.id} has not finished")
+
+
+@dataclass(frozen=True)
+class JobView:
+    """A job's state as clients see it (GET /v1/generation/{id}, the event stream)."""
+
+    id: str
+    status: str
+    step: int
+    total: int
+    queue_position: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "progress": {"step": self.step, "total": self.total},
+        }
+        if self.queue_position is not None:
+            body["queue_position"] = self.queue_position
+        return body
+
+
+class JobBackend(Protocol):
+    async def submit(self, spec: JobSpec) -> Job:
+        """Admit the job (its credits reserved) or raise: QueueFull, TooManyJobs,
+        InsufficientBalance, DuplicateGenerationId, ShuttingDown."""
+
+    async def wait(self, job: Job, disconnected: Callable[[], Awaitable[bool]]) -> list[Artifact]:
+        """The job's artifacts once it is done; cancels it if `disconnected()` turns true."""
+
+    def get(self, job_id: str, organization_id: str) -> Job | None:
+        """The organization's job `job_id`, if this backend holds it."""
+
+    def view(self, job: Job) -> JobView: ...
+
+    async def cancel(self, job_id: str, organization_id: str) -> Job | None:
+        """Cancel a queued or running job of the organization; None if there is none."""
+
+    def events(self, job: Job) -> AsyncIterator[JobView]:
+        """The job's state now, then at every change, until it has finished."""
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Admit nothing more; let jobs finish within `grace_s`, then cancel the rest."""

@@ -1,0 +1,333 @@
+"""The in-process job backend: an asyncio admission queue, fair across organizations, in
+front of one inference worker thread per device.
+
+- Admission: a bounded queue (`QueueFull`, 503) and a cap per organization on jobs queued or
+  running (`TooManyJobs`, 429), checked before any credit is reserved.
+- Order: round robin over organizations (each gets one job per turn, first come first served
+  within an organization), so one heavy user can't starve the rest.
+- Cancellation: a queued job leaves the queue at once; a running one stops at its next
+  denoising step (StepControl). Either way its credits are refunded.
+- Results stay in memory for `result_ttl_s` after a job ends; the generation record (status,
+  cost, timings) stays in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from sqlalchemy.exc import IntegrityError
+
+from localstability import errors
+from localstability.inference.control import JobCancelled, StepControl
+from localstability.inference.worker import InferenceWorker
+from localstability.jobs.base import Job, JobSpec, JobView
+from localstability.service.artifacts import Artifact
+from localstability.service.billing import Billing
+from localstability.store.models import FINISHED, GenerationStatus
+
+log = logging.getLogger(__name__)
+
+DISCONNECT_POLL_S = 0.25
+
+
+class LocalJobBackend:
+    def __init__(
+        self,
+        billing: Billing,
+        worker: InferenceWorker,
+        *,
+        max_queued: int = 256,
+        max_per_organization: int = 64,
+        result_ttl_s: float = 600.0,
+    ) -> None:
+        self.billing = billing
+        self.worker = worker
+        self.max_queued = max_queued
+        self.max_per_organization = max_per_organization
+        self.result_ttl_s = result_ttl_s
+        self._jobs: dict[str, Job] = {}
+        self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
+        self._admitting: dict[str, int] = {}
+        self._running: Job | None = None
+        self._wakeup = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._closing = False
+        self._subscribers: dict[str, set[asyncio.Queue[JobView]]] = {}
+
+    # -- admission -------------------------------------------------------------------------
+
+    def _queued_count(self) -> int:
+        return sum(len(q) for q in self._queues.values()) + sum(self._admitting.values())
+
+    def _in_flight(self, organization_id: str) -> int:
+        running = self._running is not None and self._running.organization_id == organization_id
+        queued = len(self._queues.get(organization_id, ()))
+        return queued + int(running) + self._admitting.get(organization_id, 0)
+
+    async def submit(self, spec: JobSpec) -> Job:
+        if self._closing:
+            raise errors.ShuttingDown(
+                "the server is shutting down; retry on another server or later",
+                headers={"Retry-After": "10"},
+            )
+        org = spec.principal.organization_id
+        if self.max_queued and self._queued_count() >= self.max_queued:
+            raise errors.QueueFull(
+                f"the generation queue is full ({self.max_queued} waiting); retry shortly",
+                headers={"Retry-After": "5"},
+            )
+        if self.max_per_organization and self._in_flight(org) >= self.max_per_organization:
+            raise errors.TooManyJobs(
+                f"organization {org} has {self.max_per_organization} generations queued or "
+                "running, the most it may; wait for one to finish",
+                headers={"Retry-After": "1"},
+            )
+        job_id = spec.id or uuid.uuid4().hex
+        if job_id in self._jobs:
+            raise errors.DuplicateGenerationId(f"generation id {job_id} is in use already")
+        self._admitting[org] = self._admitting.get(org, 0) + 1
+        try:
+            await asyncio.to_thread(
+                self.billing.reserve,
+                spec.principal,
+                spec.engine,
+                spec.task,
+                spec.parameters,
+                spec.cost,
+                job_id,
+            )
+        except IntegrityError:
+            raise errors.DuplicateGenerationId(
+                f"generation id {job_id} is in use already"
+            ) from None
+        finally:
+            self._admitting[org] -= 1
+            if not self._admitting[org]:
+                del self._admitting[org]
+        job = Job(id=job_id, organization_id=org, spec=spec)
+        job.control = StepControl(self._progress_reporter(job))
+        self._jobs[job_id] = job
+        self._queues.setdefault(org, deque()).append(job)
+        self._ensure_dispatcher()
+        self._wakeup.set()
+        self._publish_all_queued()
+        self._prune()
+        return job
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _ensure_dispatcher(self) -> None:
+        if self._dispatcher is None or self._dispatcher.done():
+            self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
+
+    def _next_job(self) -> Job | None:
+        """Round robin: the first organization in turn gives its oldest job, then goes last."""
+        while self._queues:
+            org, queue = next(iter(self._queues.items()))
+            job = queue.popleft()
+            self._queues.pop(org)
+            if queue:
+                self._queues[org] = queue
+            return job
+        return None
+
+    async def _dispatch(self) -> None:
+        while True:
+            job = self._next_job()
+            if job is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._running = job
+            try:
+                await self._execute(job)
+            finally:
+                self._running = None
+
+    def _progress_reporter(self, job: Job) -> Callable[[int, int], None]:
+        loop = asyncio.get_running_loop()
+
+        def report(step: int, total: int) -> None:  # on the inference thread
+            loop.call_soon_threadsafe(self._set_progress, job, step, total)
+
+        return report
+
+    def _set_progress(self, job: Job, step: int, total: int) -> None:
+        if job.status == GenerationStatus.RUNNING:
+            job.step, job.total = step, total
+            self._publish(job)
+
+    async def _execute(self, job: Job) -> None:
+        job.status = GenerationStatus.RUNNING
+        self._publish(job)
+        self._publish_all_queued()
+
+        def work() -> list[Artifact]:
+            job.control.check()  # cancelled between dispatch and start
+            self.billing.start(job.id)
+            return job.spec.run(job.control)
+
+        try:
+            artifacts = await self.worker.run(work)
+        except JobCancelled:
+            await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
+        except errors.ApiError as exc:
+            await self._end(job, GenerationStatus.FAILED, exc)
+        except Exception as exc:
+            log.exception("generation failed", extra={"generation": job.id})
+            await self._end(
+                job, GenerationStatus.FAILED, errors.ServerError(f"generation failed: {exc}")
+            )
+        else:
+            reasons = [a.finish_reason.value for a in artifacts]
+            await asyncio.to_thread(self.billing.succeed, job.id, reasons)
+            job.artifacts = artifacts
+            self._finish(job, GenerationStatus.SUCCEEDED)
+
+    @staticmethod
+    def _cancelled_error(job: Job) -> errors.ApiError:
+        return errors.GenerationCancelled(
+            f"generation {job.id} was cancelled before it finished; its credits were refunded"
+        )
+
+    async def _end(self, job: Job, status: GenerationStatus, error: errors.ApiError) -> None:
+        """A job that made no images: refund, record why, wake its waiters."""
+        await asyncio.to_thread(self.billing.end, job.id, status, f"{error.name}: {error.message}")
+        job.error = error
+        self._finish(job, status)
+
+    def _finish(self, job: Job, status: GenerationStatus) -> None:
+        job.status = status
+        job.finished = time.monotonic()
+        job.done.set()
+        self._publish(job)
+
+    # -- waiting, reading, cancelling ------------------------------------------------------
+
+    async def wait(self, job: Job, disconnected: Callable[[], Awaitable[bool]]) -> list[Artifact]:
+        while not job.done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.done.wait(), DISCONNECT_POLL_S)
+                break
+            if await disconnected():
+                log.info("client went away: cancelling", extra={"generation": job.id})
+                await self.cancel(job.id, job.organization_id)
+                await job.done.wait()
+        return job.result()
+
+    def get(self, job_id: str, organization_id: str) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None or job.organization_id != organization_id:
+            return None
+        return job
+
+    def queue_position(self, job: Job) -> int | None:
+        """How many jobs will start before this queued one (0: it is next)."""
+        queue = self._queues.get(job.organization_id)
+        if job.status != GenerationStatus.QUEUED or queue is None or job not in queue:
+            return None
+        index = queue.index(job)
+        ahead = 0
+        for org, other in self._queues.items():
+            if org == job.organization_id:
+                ahead += index
+                continue
+            before_in_turn = list(self._queues).index(org) < list(self._queues).index(
+                job.organization_id
+            )
+            ahead += min(len(other), index + int(before_in_turn))
+        return ahead
+
+    def view(self, job: Job) -> JobView:
+        return JobView(
+            id=job.id,
+            status=job.status.value,
+            step=job.step,
+            total=job.total or job.spec.parameters.get("steps", 0) or 0,
+            queue_position=self.queue_position(job),
+        )
+
+    async def cancel(self, job_id: str, organization_id: str) -> Job | None:
+        job = self.get(job_id, organization_id)
+        if job is None:
+            return None
+        if job.status == GenerationStatus.QUEUED:
+            queue = self._queues.get(job.organization_id)
+            if queue is not None and job in queue:
+                queue.remove(job)
+                if not queue:
+                    del self._queues[job.organization_id]
+                await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
+                self._publish_all_queued()
+                return job
+        if job.status == GenerationStatus.RUNNING:
+            job.control.cancel()  # the worker stops at the next step; _execute refunds
+        return job
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _publish(self, job: Job) -> None:
+        subscribers = self._subscribers.get(job.id)
+        if not subscribers:
+            return
+        view = self.view(job)
+        for queue in subscribers:
+            queue.put_nowait(view)
+
+    def _publish_all_queued(self) -> None:
+        for queue in self._queues.values():
+            for job in queue:
+                self._publish(job)
+
+    async def events(self, job: Job) -> AsyncIterator[JobView]:
+        updates: asyncio.Queue[JobView] = asyncio.Queue()
+        self._subscribers.setdefault(job.id, set()).add(updates)
+        try:
+            last = self.view(job)
+            yield last
+            while last.status not in FINISHED:
+                last = await updates.get()
+                yield last
+        finally:
+            subscribers = self._subscribers.get(job.id, set())
+            subscribers.discard(updates)
+            if not subscribers:
+                self._subscribers.pop(job.id, None)
+
+    # -- housekeeping ----------------------------------------------------------------------
+
+    def _prune(self) -> None:
+        """Forget results older than result_ttl_s."""
+        now = time.monotonic()
+        for job_id in [
+            j.id
+            for j in self._jobs.values()
+            if j.finished is not None and now - j.finished > self.result_ttl_s
+        ]:
+            del self._jobs[job_id]
+
+    def pending(self) -> int:
+        return self._queued_count() + int(self._running is not None)
+
+    async def shutdown(self, grace_s: float) -> None:
+        self._closing = True
+        deadline = time.monotonic() + grace_s
+        while self.pending() and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for job in [j for q in self._queues.values() for j in q]:
+            await self.cancel(job.id, job.organization_id)
+        if self._running is not None:
+            running = self._running
+            running.control.cancel()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(running.done.wait(), 60)
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
