@@ -127,9 +127,11 @@ def test_unknown_route_gets_envelope(client: httpx.Client) -> None:
 def test_openapi_describes_the_v1_paths_and_bodies(client: httpx.Client) -> None:
     document = client.get("/openapi.json").json()
     generation = "/v1/generation/{engine_id}"
-    # Our extensions live outside /v1: the admin API under /admin/v1.
+    # Our extensions (docs/api.md): generations by id under /v1, the admin API under /admin/v1.
     assert all(p.startswith(("/v1/", "/admin/v1/")) for p in document["paths"])
     assert {p for p in document["paths"] if p.startswith("/v1/")} == {
+        "/v1/generation/{generation_id}",
+        "/v1/generation/{generation_id}/events",
         "/v1/engines/list",
         "/v1/user/account",
         "/v1/user/balance",

@@ -317,6 +317,11 @@ class LocalJobBackend:
 
     async def shutdown(self, grace_s: float) -> None:
         self._closing = True
+        if self.pending():
+            log.info(
+                "stopping: waiting for generations",
+                extra={"pending": self.pending(), "grace_s": grace_s},
+            )
         deadline = time.monotonic() + grace_s
         while self.pending() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
