@@ -16,11 +16,14 @@ from typing import Any, Protocol
 from localstability import errors
 from localstability.engines import EngineSpec, Task
 from localstability.inference.control import StepControl
+from localstability.inference.diffusion import GeneratedImage
 from localstability.service.artifacts import Artifact
 from localstability.store.accounts import Principal
 from localstability.store.models import GenerationStatus
 
-RunFn = Callable[[StepControl], list[Artifact]]
+# Runs on the inference thread and returns the images; PNG encoding happens off that thread,
+# so the next job's denoising starts at once.
+RunFn = Callable[[StepControl], list[GeneratedImage]]
 
 
 @dataclass

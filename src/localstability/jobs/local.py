@@ -25,9 +25,10 @@ from sqlalchemy.exc import IntegrityError
 
 from localstability import errors
 from localstability.inference.control import JobCancelled, StepControl
+from localstability.inference.diffusion import GeneratedImage
 from localstability.inference.worker import InferenceWorker
 from localstability.jobs.base import Job, JobSpec, JobView
-from localstability.service.artifacts import Artifact
+from localstability.service.artifacts import Artifact, to_artifacts
 from localstability.service.billing import Billing
 from localstability.store.models import FINISHED, GenerationStatus
 
@@ -55,6 +56,7 @@ class LocalJobBackend:
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
         self._admitting: dict[str, int] = {}
         self._running: Job | None = None
+        self._completing: set[asyncio.Task[None]] = set()  # encoding and charging
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
@@ -164,31 +166,50 @@ class LocalJobBackend:
             self._publish(job)
 
     async def _execute(self, job: Job) -> None:
+        """Run the job's inference; its completion (PNG encoding, charge) goes on in a task of
+        its own, so the device starts the next job at once."""
         job.status = GenerationStatus.RUNNING
         self._publish(job)
         self._publish_all_queued()
 
-        def work() -> list[Artifact]:
+        def work() -> list[GeneratedImage]:
             job.control.check()  # cancelled between dispatch and start
             self.billing.start(job.id)
             return job.spec.run(job.control)
 
         try:
-            artifacts = await self.worker.run(work)
-        except JobCancelled:
-            await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
-        except errors.ApiError as exc:
-            await self._end(job, GenerationStatus.FAILED, exc)
-        except Exception as exc:
-            log.exception("generation failed", extra={"generation": job.id})
-            await self._end(
-                job, GenerationStatus.FAILED, errors.ServerError(f"generation failed: {exc}")
-            )
-        else:
+            images = await self.worker.run(work)
+        except BaseException as exc:
+            await self._failed(job, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        task = asyncio.get_running_loop().create_task(self._complete(job, images))
+        self._completing.add(task)
+        task.add_done_callback(self._completing.discard)
+
+    async def _complete(self, job: Job, images: list[GeneratedImage]) -> None:
+        try:
+            artifacts = await asyncio.to_thread(to_artifacts, images)
             reasons = [a.finish_reason.value for a in artifacts]
             await asyncio.to_thread(self.billing.succeed, job.id, reasons)
-            job.artifacts = artifacts
-            self._finish(job, GenerationStatus.SUCCEEDED)
+        except Exception as exc:
+            await self._failed(job, exc)
+            return
+        job.artifacts = artifacts
+        self._finish(job, GenerationStatus.SUCCEEDED)
+
+    async def _failed(self, job: Job, exc: BaseException) -> None:
+        if isinstance(exc, JobCancelled):
+            await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
+        elif isinstance(exc, errors.ApiError):
+            await self._end(job, GenerationStatus.FAILED, exc)
+        elif isinstance(exc, Exception):
+            log.exception("generation failed", extra={"generation": job.id}, exc_info=exc)
+            error = errors.ServerError(f"generation failed: {exc}")
+            await self._end(job, GenerationStatus.FAILED, error)
+        else:  # the backend itself is being torn down
+            await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
 
     @staticmethod
     def _cancelled_error(job: Job) -> errors.ApiError:
@@ -313,7 +334,7 @@ class LocalJobBackend:
             del self._jobs[job_id]
 
     def pending(self) -> int:
-        return self._queued_count() + int(self._running is not None)
+        return self._queued_count() + int(self._running is not None) + len(self._completing)
 
     async def shutdown(self, grace_s: float) -> None:
         self._closing = True
@@ -332,6 +353,8 @@ class LocalJobBackend:
             running.control.cancel()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(running.done.wait(), 60)
+        if self._completing:
+            await asyncio.gather(*self._completing, return_exceptions=True)
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -28,7 +28,6 @@ from localstability.protocol import (
     TextToImageRequestBody,
     UpscaleRequestBody,
 )
-from localstability.service.artifacts import Artifact, to_artifacts
 from localstability.service.images import decode_upload
 from localstability.service.pricing import cost_micros
 from localstability.service.prompts import weighted_prompts
@@ -160,8 +159,8 @@ class GenerationService:
         params: diffusion.DiffusionParams,
         size: tuple[int, int],
     ) -> JobSpec:
-        def job(control: StepControl) -> list[Artifact]:
-            return to_artifacts(run(self.pipelines.get(source), params, control))
+        def job(control: StepControl) -> list[diffusion.GeneratedImage]:
+            return run(self.pipelines.get(source), params, control)
 
         cost = self.cost(engine, *size, steps=body.steps, samples=body.samples)
         return self._spec(principal, engine, task, body, cost, job)
@@ -279,10 +278,10 @@ class GenerationService:
         if engine.family == Family.ESRGAN:
             fallback = fallback_source(self.settings, engine)
 
-            def esrgan_job(control: StepControl) -> list[Artifact]:
+            def esrgan_job(control: StepControl) -> list[diffusion.GeneratedImage]:
                 model = upscale.load_esrgan(self.pipelines, source, fallback)
                 result = upscale.run_esrgan(model, image, width, height, control)
-                return to_artifacts([diffusion.GeneratedImage(result, seed, False)])
+                return [diffusion.GeneratedImage(result, seed, False)]
 
             cost = self.cost(engine, width, height)
             return self._spec(principal, engine, Task.UPSCALE, body, cost, esrgan_job)
@@ -301,9 +300,9 @@ class GenerationService:
             seed=seed,
         )
 
-        def latent_job(control: StepControl) -> list[Artifact]:
+        def latent_job(control: StepControl) -> list[diffusion.GeneratedImage]:
             result = upscale.run_latent_upscale(self.pipelines.get(source), params, control)
-            return to_artifacts([diffusion.GeneratedImage(result, seed, False)])
+            return [diffusion.GeneratedImage(result, seed, False)]
 
         cost = self.cost(engine, width, height, steps=body.steps)
         return self._spec(principal, engine, Task.UPSCALE, body, cost, latent_job)
