@@ -279,4 +279,9 @@ def test_a_killed_server_refunds_what_it_held_when_it_starts_again(
         database.dispose()
     with http(crash, key) as client:
         assert balance(client) == 10.0
+        # The record answers for the id this new process never held.
+        body = assert_envelope(
+            client.get(f"/v1/generation/{record.id}"), 500, "generation_interrupted"
+        )
+        assert "refunded" in body["message"]
         assert client.post(T2I, json=t2i_body(width=512, height=512)).status_code == 200

@@ -308,3 +308,9 @@ def test_shutdown_lets_a_short_generation_finish(
     [record] = stopping.admin_json("ledger", "generations", "--org", org)
     assert (record["id"], record["status"]) == (accepted["id"], "succeeded")
     assert stopping.admin_json("ledger", "show", "--org", org)["adds_up"]
+    # Started again, the server has the record but not the images: 410, not 404.
+    stopping.restart()
+    with client_for(stopping, key) as client:
+        gone = client.get(f"/v1/generation/{accepted['id']}")
+        assert_envelope(gone, 410, "result_expired")
+        assert gone.headers["Generation-Id"] == accepted["id"]

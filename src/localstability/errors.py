@@ -119,7 +119,24 @@ class DuplicateGenerationId(ApiError):
     status, name = 409, "duplicate_generation_id"
 
 
+class GenerationInterrupted(ApiError):
+    """The server stopped (crashed, was killed) while the generation ran; it was refunded."""
+
+    status, name = 500, "generation_interrupted"
+
+
 class ResultExpired(ApiError):
     """The generation succeeded, but its images are no longer kept."""
 
     status, name = 410, "result_expired"
+
+
+def error_class(name: str) -> type[ApiError] | None:
+    """The error class whose envelope `name` is `name`."""
+    pending: list[type[ApiError]] = [ApiError]
+    while pending:
+        cls = pending.pop()
+        if cls.name == name:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return None

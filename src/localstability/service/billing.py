@@ -21,7 +21,10 @@ from localstability.store.models import Generation, GenerationStatus
 log = logging.getLogger(__name__)
 
 
-INTERRUPTED = "interrupted: the server stopped before the generation finished"
+INTERRUPTED = (
+    "generation_interrupted: the server stopped before the generation finished; "
+    "its credits were refunded"
+)
 
 
 def this_runner() -> str:
@@ -91,6 +94,14 @@ class Billing:
         with self.database.session.begin() as session:
             ledger.reserve(session, generation)
         return generation.id
+
+    def record(self, generation_id: str, organization_id: str) -> Generation | None:
+        """The organization's generation record `generation_id`, if there is one."""
+        with self.database.session() as session:
+            generation = session.get(Generation, generation_id)
+        if generation is None or generation.organization_id != organization_id:
+            return None
+        return generation
 
     def start(self, generation_id: str) -> None:
         with self.database.session.begin() as session:

@@ -21,8 +21,9 @@ from sse_starlette import EventSourceResponse
 from localstability import errors
 from localstability.api.deps import Context, CurrentPrincipal, wants_png
 from localstability.api.routes.generation import GENERATION_ID, artifacts_response
-from localstability.jobs.base import Job
+from localstability.jobs.base import Job, JobView
 from localstability.store.accounts import Principal
+from localstability.store.models import GenerationStatus
 
 router = APIRouter(tags=["generations (extension)"])
 
@@ -30,13 +31,42 @@ router = APIRouter(tags=["generations (extension)"])
 CANCEL_WAIT_S = 30.0
 
 
+def _not_found(generation_id: str, principal: Principal) -> errors.NotFound:
+    return errors.NotFound(
+        f"no generation {generation_id} in organization {principal.organization_id}"
+    )
+
+
 def _job(context: Context, generation_id: str, principal: Principal) -> Job:
     job = context.jobs.get(generation_id, principal.organization_id)
     if job is None:
-        raise errors.NotFound(
-            f"no generation {generation_id} in organization {principal.organization_id}"
-        )
+        raise _not_found(generation_id, principal)
     return job
+
+
+async def _from_record(context: Context, generation_id: str, principal: Principal) -> Response:
+    """A generation this server holds no result for (kept past result_ttl_s, made before a
+    restart, or by another server): what its database record says."""
+    record = await asyncio.to_thread(
+        context.jobs.billing.record, generation_id, principal.organization_id
+    )
+    if record is None:
+        raise _not_found(generation_id, principal)
+    headers = {GENERATION_ID: record.id}
+    if record.status == GenerationStatus.SUCCEEDED:
+        raise errors.ResultExpired(
+            f"generation {record.id} succeeded, but its images are no longer kept "
+            f"(results stay {context.settings.result_ttl_s:g} s)",
+            headers=headers,
+        )
+    if record.status == GenerationStatus.CANCELLED:
+        raise errors.GenerationCancelled(f"generation {record.id} was cancelled", headers=headers)
+    if record.status == GenerationStatus.FAILED:
+        name, _, message = (record.error or "server_error: failed").partition(": ")
+        cls = errors.error_class(name) or errors.ServerError
+        raise cls(message if cls.name == name else record.error or "failed", headers=headers)
+    view = JobView(record.id, record.status.value, 0, 0, None)
+    return JSONResponse(view.as_json(), status_code=202, headers=headers)
 
 
 @router.get("/v1/generation/{generation_id}", response_class=Response)
@@ -47,7 +77,9 @@ async def generation_status(
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Status and progress while it runs; then its images (or its error), as the sync call."""
-    job = _job(context, generation_id, principal)
+    job = context.jobs.get(generation_id, principal.organization_id)
+    if job is None:
+        return await _from_record(context, generation_id, principal)
     headers = {GENERATION_ID: job.id}
     if not job.done.is_set():
         return JSONResponse(context.jobs.view(job).as_json(), status_code=202, headers=headers)
@@ -81,9 +113,7 @@ async def cancel_generation(
     """Cancel a queued or running generation and refund it; a finished one is left as it is."""
     job = await context.jobs.cancel(generation_id, principal.organization_id)
     if job is None:
-        raise errors.NotFound(
-            f"no generation {generation_id} in organization {principal.organization_id}"
-        )
+        raise _not_found(generation_id, principal)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(job.done.wait(), CANCEL_WAIT_S)
     return JSONResponse(context.jobs.view(job).as_json(), headers={GENERATION_ID: job.id})
