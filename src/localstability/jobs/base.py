@@ -8,7 +8,6 @@ progress, cancels it on request and keeps its result for a while.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -51,14 +50,9 @@ class Job:
     total: int = 0
     artifacts: list[Artifact] | None = None
     error: errors.ApiError | None = None
-    created: float = field(default_factory=time.monotonic)
-    finished: float | None = None
+    finished: float | None = None  # time.monotonic() when it ended
     control: StepControl = field(default_factory=StepControl)
     done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def finished_ok(self) -> bool:
-        return self.status == GenerationStatus.SUCCEEDED
 
     def result(self) -> list[Artifact]:
         """The artifacts of a finished job, or the error it ended with."""

@@ -113,7 +113,7 @@ class LocalJobBackend:
             if not self._admitting[org]:
                 del self._admitting[org]
         job = Job(id=job_id, organization_id=org, spec=spec)
-        job.control = StepControl(self._progress_reporter(job))
+        job.control = StepControl(self._progress_reporter(job))  # it reports on `job` itself
         self._jobs[job_id] = job
         self._queues.setdefault(org, deque()).append(job)
         self._ensure_dispatcher()
@@ -130,14 +130,13 @@ class LocalJobBackend:
 
     def _next_job(self) -> Job | None:
         """Round robin: the first organization in turn gives its oldest job, then goes last."""
-        while self._queues:
-            org, queue = next(iter(self._queues.items()))
-            job = queue.popleft()
-            self._queues.pop(org)
-            if queue:
-                self._queues[org] = queue
-            return job
-        return None
+        if not self._queues:
+            return None
+        org, queue = self._queues.popitem(last=False)
+        job = queue.popleft()
+        if queue:
+            self._queues[org] = queue
+        return job
 
     async def _dispatch(self) -> None:
         while True:
@@ -253,15 +252,15 @@ class LocalJobBackend:
         queue = self._queues.get(job.organization_id)
         if job.status != GenerationStatus.QUEUED or queue is None or job not in queue:
             return None
+        # Each turn takes one job from every organization in order: before this job start
+        # its own `index` predecessors, and from every other organization `index` jobs, plus
+        # one more from those whose turn comes first.
         index = queue.index(job)
-        ahead = 0
+        ahead, before_in_turn = index, True
         for org, other in self._queues.items():
             if org == job.organization_id:
-                ahead += index
+                before_in_turn = False
                 continue
-            before_in_turn = list(self._queues).index(org) < list(self._queues).index(
-                job.organization_id
-            )
             ahead += min(len(other), index + int(before_in_turn))
         return ahead
 

@@ -66,6 +66,8 @@ class GenerationInfo(BaseModel):
 
 
 class KeyInfo(BaseModel):
+    """What an administrator may see of a key: never the key itself."""
+
     prefix: str
     email: str
     created_at: str
@@ -119,13 +121,13 @@ class AdminService:
     ) -> AccountResponseBody:
         """A user without a key; with no organization given, one of their own (as OWNER)."""
         with self.database.session.begin() as session:
-            user = accounts.add_user(session, email, profile_picture)
-            if organization_id is None:
-                organization_id = accounts.create_organization(
-                    session, f"{email}'s organization"
-                ).id
-                role = "OWNER"
-            accounts.add_member(session, email, organization_id, role, default=True)
+            user, _ = accounts.add_user_with_organization(
+                session,
+                email,
+                organization_id=organization_id,
+                role=role,
+                profile_picture=profile_picture,
+            )
             session.refresh(user)
             return account_of(user)
 
@@ -214,7 +216,18 @@ class AdminService:
 
     def keys(self, email: str | None = None) -> list[KeyInfo]:
         with self.database.session() as session:
-            return [KeyInfo(**vars(key)) for key in accounts.list_keys(session, email)]
+            return [
+                KeyInfo(
+                    prefix=key.prefix,
+                    email=user_email,
+                    created_at=key.created_at.isoformat(timespec="seconds"),
+                    last_used_at=key.last_used_at.isoformat(timespec="seconds")
+                    if key.last_used_at
+                    else None,
+                    revoked=key.revoked_at is not None,
+                )
+                for key, user_email in accounts.list_keys(session, email)
+            ]
 
     def revoke_key(self, prefix: str) -> int:
         with self.database.session.begin() as session:

@@ -72,13 +72,34 @@ def create_user(
             ledger.grant(session, membership.organization_id, ledger.micros(credits), actor=actor)
         key = create_key(session, existing.id)
         return CreatedKey(existing.id, membership.organization_id, key)
-    user = add_user(session, email)
-    org = create_organization(session, organization_name or f"{email}'s organization")
-    session.add(Membership(user=user, organization=org, role="OWNER", is_default=True))
+    user, organization_id = add_user_with_organization(
+        session, email, organization_name=organization_name
+    )
     if credits:
-        ledger.grant(session, org.id, ledger.micros(credits), actor=actor, note="new user")
+        ledger.grant(session, organization_id, ledger.micros(credits), actor=actor, note="new user")
     key = create_key(session, user.id)
-    return CreatedKey(user_id=user.id, organization_id=org.id, key=key)
+    return CreatedKey(user_id=user.id, organization_id=organization_id, key=key)
+
+
+def add_user_with_organization(
+    session: Session,
+    email: str,
+    *,
+    organization_id: str | None = None,
+    role: str = "MEMBER",
+    profile_picture: str | None = None,
+    organization_name: str | None = None,
+) -> tuple[User, str]:
+    """A new user, a member (as `role`) of `organization_id`, billed there by default; with no
+    organization given, the OWNER of a new one of their own. Returns the user and the
+    organization's id."""
+    user = add_user(session, email, profile_picture)
+    if organization_id is None:
+        name = organization_name or f"{email}'s organization"
+        organization_id = create_organization(session, name).id
+        role = "OWNER"
+    add_member(session, email, organization_id, role, default=True)
+    return user, organization_id
 
 
 def add_user(session: Session, email: str, profile_picture: str | None = None) -> User:
@@ -201,33 +222,12 @@ def get_user(session: Session, user_id: str) -> User:
     return user
 
 
-@dataclass(frozen=True)
-class KeyInfo:
-    """What an administrator may see of a key: never the key itself."""
-
-    prefix: str
-    email: str
-    created_at: str
-    last_used_at: str | None
-    revoked: bool
-
-
-def list_keys(session: Session, email: str | None = None) -> list[KeyInfo]:
+def list_keys(session: Session, email: str | None = None) -> list[tuple[ApiKey, str]]:
+    """Every key (its row, never the key itself) with its user's email, oldest first."""
     query = select(ApiKey, User.email).join(User, ApiKey.user_id == User.id).order_by(ApiKey.id)
     if email:
         query = query.where(User.email == email)
-    return [
-        KeyInfo(
-            prefix=key.prefix,
-            email=user_email,
-            created_at=key.created_at.isoformat(timespec="seconds"),
-            last_used_at=key.last_used_at.isoformat(timespec="seconds")
-            if key.last_used_at
-            else None,
-            revoked=key.revoked_at is not None,
-        )
-        for key, user_email in session.execute(query).all()
-    ]
+    return [(key, user_email) for key, user_email in session.execute(query).all()]
 
 
 def revoke_key(session: Session, prefix: str) -> int:
