@@ -95,6 +95,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.setting)
+    settings = {"batching": "false", **settings}  # the target is without batching
     env = {f"LOCALSTABILITY_{name.upper()}": value for name, value in settings.items()}
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -149,7 +150,6 @@ def main() -> None:
             "benchmark": "throughput: concurrent HTTP clients vs sequential direct calls",
             "models": TINY_MODELS,
             "machine": machine(),
-            "batching": False,
             "settings": settings,
             "results": rows,
         },

@@ -104,10 +104,13 @@ def test_matches_the_checkpoint_through_diffusers_then_composite(
     models: tuple[Path, Path], served: list[np.ndarray]
 ) -> None:
     _, sd1_inpaint = models
+    # One row per sample, each with its own image, mask and generator: the 9-channel
+    # pipeline samples the masked image's latents from each row's generator, so every image
+    # depends on its own seed only (given once, the first seed's draw would serve them all).
     direct = direct_pipeline(StableDiffusionInpaintPipeline, sd1_inpaint)(
         prompt="a stone wall",
-        image=INIT,
-        mask_image=MASK,
+        image=[INIT] * len(SEEDS),
+        mask_image=[MASK] * len(SEEDS),
         width=W,
         height=H,
         strength=1.0,

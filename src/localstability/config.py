@@ -39,6 +39,12 @@ class EngineConfig(BaseModel):
         "masking uses the engine's own weights.",
     )
     label: str | None = Field(None, description="A note shown by `models list`.")
+    batch_max_images: int | None = Field(
+        None,
+        ge=1,
+        description="The most images queued requests may run together in one pipeline call; "
+        "1: no batching. Unset: the catalogue's (4 for SD 1.x/2.x, else 1).",
+    )
     cost_factor: float | None = Field(
         None, ge=0, description="Price relative to SDXL per pixel and step; unset: the catalogue's."
     )
@@ -94,6 +100,17 @@ class Settings(BaseSettings):
         64,
         description="Generations one organization may have queued or running; beyond: "
         "429 too_many_jobs. 0: no cap.",
+    )
+    batching: bool = Field(
+        True,
+        description="Run queued requests that fit together as one pipeline call (up to each "
+        "engine's batch_max_images); off: every generation runs alone.",
+    )
+    batch_window_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a batch that has room waits for more matching requests before it "
+        "starts; 0: it takes only those already queued (no added latency).",
     )
     result_ttl_s: float = Field(
         600.0, description="How long a finished generation's images stay for GET by id."

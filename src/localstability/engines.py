@@ -141,6 +141,10 @@ class EngineSpec:
     fallback_source: str | None = None  # used when the default source can't be had
     # Price relative to SDXL per pixel and step (see localstability.service.pricing).
     cost_factor: float = 1.0
+    # The most images queued requests may run together in one pipeline call (1: no batching).
+    # On where bench/batching.py measured a gain (tiny models, CPU): SD 1.x/2.x 1.2-1.4x at
+    # 2-4 images; SDXL at 1024x1024 none.
+    batch_max_images: int = 1
 
     def as_wire(self) -> Engine:
         return Engine(id=self.id, name=self.name, description=self.description, type=self.type)
@@ -160,6 +164,7 @@ CATALOGUE: dict[str, EngineSpec] = {
             description="Stability-AI Stable Diffusion v1.6",
             family=Family.SD1,
             tasks=DIFFUSION_TASKS,
+            batch_max_images=4,
             default_source="stable-diffusion-v1-5/stable-diffusion-v1-5",
             size_rule=sd16_rule,
             cost_factor=0.5,
@@ -170,6 +175,7 @@ CATALOGUE: dict[str, EngineSpec] = {
             description="Stability-AI Stable Diffusion v2.1",
             family=Family.SD2,
             tasks=DIFFUSION_TASKS,
+            batch_max_images=4,
             default_source="stabilityai/stable-diffusion-2-1-base",
             size_rule=pixel_count_rule(262_144, 1_048_576),
             cost_factor=0.5,

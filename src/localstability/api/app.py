@@ -64,6 +64,7 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
             max_queued=settings.max_queued_jobs,
             max_per_organization=settings.max_jobs_per_organization,
             result_ttl_s=settings.result_ttl_s,
+            batch_window_s=settings.batch_window_ms / 1000,
         ),
     )
     return context, database, worker

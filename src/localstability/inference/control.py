@@ -1,8 +1,10 @@
-"""Cooperative cancellation and progress for one running job.
+"""Cooperative cancellation and progress for running jobs.
 
 The job's thread calls `step(done, total)` between units of work (diffusion steps, through
 diffusers' `callback_on_step_end`; upscale tiles); a cancelled job raises `JobCancelled`
-there, so it stops within one step. Any thread may call `cancel()`.
+there, so it stops within one step. Any thread may call `cancel()`. A batch of jobs that run
+as one pipeline call shares a `BatchControl`: every job sees the progress, and the run stops
+once all of them are cancelled (one cancelled job leaves the batch; its images are dropped).
 """
 
 from __future__ import annotations
@@ -34,10 +36,13 @@ class StepControl:
         if self._cancelled.is_set():
             raise JobCancelled("the generation was cancelled")
 
-    def step(self, done: int, total: int) -> None:
-        """`done` of `total` units finished: report it, then stop here if cancelled."""
+    def report(self, done: int, total: int) -> None:
         if self._on_progress is not None:
             self._on_progress(done, total)
+
+    def step(self, done: int, total: int) -> None:
+        """`done` of `total` units finished: report it, then stop here if cancelled."""
+        self.report(done, total)
         self.check()
 
     def diffusers_callback(
@@ -52,6 +57,30 @@ class StepControl:
             return kwargs
 
         return callback
+
+
+class BatchControl(StepControl):
+    """The control of several jobs run together: cancelled once every member is."""
+
+    def __init__(self, members: list[StepControl]) -> None:
+        super().__init__()
+        self.members = members
+
+    def cancel(self) -> None:
+        for member in self.members:
+            member.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return all(member.cancelled for member in self.members)
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise JobCancelled("every generation of the batch was cancelled")
+
+    def report(self, done: int, total: int) -> None:
+        for member in self.members:
+            member.report(done, total)
 
 
 NO_CONTROL = StepControl()  # for callers that neither cancel nor watch progress

@@ -1,16 +1,21 @@
-"""Run one diffusion generation (text-to-image, image-to-image, inpainting) on a shared pipeline.
+"""Run diffusion generations (text-to-image, image-to-image, inpainting) on a shared pipeline.
 
 Image-to-image and inpainting pipelines are built from the loaded text-to-image pipeline's
 components (`from_pipe`), so an engine holds one copy of its weights whatever it serves.
+
+Every run takes a batch of parts: one part is one request (its prompts, seeds and images);
+parts that share `batch_key()` run as one pipeline call, one row per sample, each with its
+own seed's generator. A batch of one is the solo run.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from localstability.inference.control import NO_CONTROL, StepControl
-from localstability.inference.prompts import WeightedPrompt, encode_weighted_prompts
+from localstability.inference.prompts import WeightedPrompt, stack_prompt_embeddings
 from localstability.inference.schedulers import make_scheduler
 from localstability.protocol import Sampler
 
@@ -25,11 +30,18 @@ class DiffusionParams:
     sampler: Sampler | None
     seeds: list[int]
 
+    def batch_key(self) -> tuple[Hashable, ...]:
+        """What every part of a batch must share: the pipeline call's own arguments."""
+        return (type(self).__name__, self.steps, self.cfg_scale, self.sampler)
+
 
 @dataclass(frozen=True)
 class TextToImageParams(DiffusionParams):
     width: int
     height: int
+
+    def batch_key(self) -> tuple[Hashable, ...]:
+        return (*super().batch_key(), self.width, self.height)
 
 
 @dataclass(frozen=True)
@@ -38,11 +50,17 @@ class ImageToImageParams(DiffusionParams):
     strength: float  # diffusers' strength: the share of the schedule that is run
     skip_end: float = 0.0  # share of the schedule's last steps left out (step_schedule_end)
 
+    def batch_key(self) -> tuple[Hashable, ...]:
+        return (*super().batch_key(), self.init_image.size, self.strength, self.skip_end)
+
 
 @dataclass(frozen=True)
 class InpaintParams(DiffusionParams):
     init_image: Any  # PIL.Image.Image, RGB
     mask: Any  # PIL.Image.Image, L: 255 = replace, 0 = keep, grey = partial
+
+    def batch_key(self) -> tuple[Hashable, ...]:
+        return (*super().batch_key(), self.init_image.size)
 
 
 @dataclass(frozen=True)
@@ -73,40 +91,60 @@ def generators(seeds: list[int]) -> list[Any]:
     return [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
 
 
+def per_sample(parts: Sequence[DiffusionParams], value: Any) -> list[Any]:
+    """`value(part)` once for each of the part's samples, in batch order."""
+    return [value(part) for part in parts for _ in part.seeds]
+
+
 def _run(
-    view: Any, params: DiffusionParams, control: StepControl, total: int, **call: Any
-) -> list[GeneratedImage]:
-    """Call the pipeline; `control` sees each of the `total` denoising steps and may stop it."""
+    view: Any,
+    parts: Sequence[DiffusionParams],
+    control: StepControl,
+    total: int,
+    **call: Any,
+) -> list[list[GeneratedImage]]:
+    """Call the pipeline once for all parts; `control` sees each of the `total` denoising
+    steps and may stop it. The images come back per part."""
     import torch
 
+    if len({part.batch_key() for part in parts}) != 1:
+        raise ValueError("the parts of a batch must share their batch_key()")
     control.check()
     call["callback_on_step_end"] = control.diffusers_callback(
         total, call.pop("callback_on_step_end", None)
     )
+    seeds = [seed for part in parts for seed in part.seeds]
     with torch.inference_mode():
-        embeddings = encode_weighted_prompts(view, params.prompts, view._execution_device)
+        embeddings = stack_prompt_embeddings(
+            view, [(part.prompts, len(part.seeds)) for part in parts], view._execution_device
+        )
         output = view(
             **embeddings,
             **call,
-            num_inference_steps=params.steps,
-            guidance_scale=params.cfg_scale,
-            num_images_per_prompt=len(params.seeds),
-            generator=generators(params.seeds),
+            num_inference_steps=parts[0].steps,
+            guidance_scale=parts[0].cfg_scale,
+            num_images_per_prompt=1,
+            generator=generators(seeds),
             output_type="pil",
         )
-    flags = getattr(output, "nsfw_content_detected", None) or [False] * len(params.seeds)
-    return [
+    flags = getattr(output, "nsfw_content_detected", None) or [False] * len(seeds)
+    images = [
         GeneratedImage(image=image, seed=seed, nsfw=bool(flag))
-        for image, seed, flag in zip(output.images, params.seeds, flags, strict=True)
+        for image, seed, flag in zip(output.images, seeds, flags, strict=True)
     ]
+    results, start = [], 0
+    for part in parts:
+        results.append(images[start : start + len(part.seeds)])
+        start += len(part.seeds)
+    return results
 
 
 def run_text_to_image(
-    pipe: Any, params: TextToImageParams, control: StepControl = NO_CONTROL
-) -> list[GeneratedImage]:
+    pipe: Any, parts: Sequence[TextToImageParams], control: StepControl = NO_CONTROL
+) -> list[list[GeneratedImage]]:
     """Encode the weighted prompts, denoise from noise, decode: one image per seed."""
-    view = request_pipeline(pipe, "text-to-image", params.sampler)
-    return _run(view, params, control, params.steps, width=params.width, height=params.height)
+    view = request_pipeline(pipe, "text-to-image", parts[0].sampler)
+    return _run(view, parts, control, parts[0].steps, width=parts[0].width, height=parts[0].height)
 
 
 def steps_run(steps: int, strength: float, skip_end: float) -> int:
@@ -116,15 +154,22 @@ def steps_run(steps: int, strength: float, skip_end: float) -> int:
 
 
 def run_image_to_image(
-    pipe: Any, params: ImageToImageParams, control: StepControl = NO_CONTROL
-) -> list[GeneratedImage]:
+    pipe: Any, parts: Sequence[ImageToImageParams], control: StepControl = NO_CONTROL
+) -> list[list[GeneratedImage]]:
     """Noise the init image to `strength`, denoise (stopping early for `skip_end`), decode."""
-    keep = steps_run(params.steps, params.strength, params.skip_end)
+    first = parts[0]
+    keep = steps_run(first.steps, first.strength, first.skip_end)
     if keep == 0:
-        return [GeneratedImage(params.init_image.copy(), seed, False) for seed in params.seeds]
-    view = request_pipeline(pipe, "image-to-image", params.sampler)
-    call: dict[str, Any] = {"image": params.init_image, "strength": params.strength}
-    if keep < min(int(params.steps * params.strength), params.steps):
+        return [
+            [GeneratedImage(part.init_image.copy(), seed, False) for seed in part.seeds]
+            for part in parts
+        ]
+    view = request_pipeline(pipe, "image-to-image", first.sampler)
+    call: dict[str, Any] = {
+        "image": per_sample(parts, lambda part: part.init_image),
+        "strength": first.strength,
+    }
+    if keep < min(int(first.steps * first.strength), first.steps):
 
         def stop_early(pipeline: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> Any:
             if index + 1 >= keep:
@@ -132,7 +177,7 @@ def run_image_to_image(
             return kwargs
 
         call["callback_on_step_end"] = stop_early
-    return _run(view, params, control, keep, **call)
+    return _run(view, parts, control, keep, **call)
 
 
 def composite(init_image: Any, generated: Any, mask: Any) -> Any:
@@ -148,23 +193,26 @@ def composite(init_image: Any, generated: Any, mask: Any) -> Any:
 
 
 def run_inpaint(
-    pipe: Any, params: InpaintParams, control: StepControl = NO_CONTROL
-) -> list[GeneratedImage]:
+    pipe: Any, parts: Sequence[InpaintParams], control: StepControl = NO_CONTROL
+) -> list[list[GeneratedImage]]:
     """Regenerate where the mask says so, then composite so that kept pixels stay exact."""
-    view = request_pipeline(pipe, "inpaint", params.sampler)
-    width, height = params.init_image.size
+    view = request_pipeline(pipe, "inpaint", parts[0].sampler)
+    width, height = parts[0].init_image.size
     results = _run(
         view,
-        params,
+        parts,
         control,
-        params.steps,
-        image=params.init_image,
-        mask_image=params.mask,
+        parts[0].steps,
+        image=per_sample(parts, lambda part: part.init_image),
+        mask_image=per_sample(parts, lambda part: part.mask),
         width=width,
         height=height,
         strength=1.0,
     )
     return [
-        GeneratedImage(composite(params.init_image, r.image, params.mask), r.seed, r.nsfw)
-        for r in results
+        [
+            GeneratedImage(composite(part.init_image, r.image, part.mask), r.seed, r.nsfw)
+            for r in part_results
+        ]
+        for part, part_results in zip(parts, results, strict=True)
     ]

@@ -3,7 +3,8 @@
 Several positive prompts blend by weight: their text embeddings (and SDXL's pooled
 embeddings) are averaged with coefficients w_i / sum(w). Negative prompts (weight < 0) form
 the negative prompt the same way, with |w|. A single prompt is encoded exactly as the
-pipeline would encode it, so results match calling the pipeline with the text directly.
+pipeline would encode it, and a missing negative prompt becomes what the pipeline itself
+would use, so results match calling the pipeline with the text directly.
 """
 
 from __future__ import annotations
@@ -67,3 +68,36 @@ def encode_weighted_prompts(
         if negative_pooled is not None:
             kwargs["negative_pooled_prompt_embeds"] = negative_pooled
     return kwargs
+
+
+def _complete_negatives(pipe: Any, kwargs: dict[str, Any], device: Any) -> dict[str, Any]:
+    """Add the negative embeddings the pipeline would use when given none (the empty prompt,
+    or zeros where an SDXL model says so), so that requests with and without a negative
+    prompt can share a batch."""
+    if "negative_prompt_embeds" in kwargs:
+        return kwargs
+    common = {"device": device, "num_images_per_prompt": 1, "do_classifier_free_guidance": True}
+    if "pooled_prompt_embeds" in kwargs:
+        _, negative, _, negative_pooled = pipe.encode_prompt(prompt=None, **common, **kwargs)
+        return {
+            **kwargs,
+            "negative_prompt_embeds": negative,
+            "negative_pooled_prompt_embeds": negative_pooled,
+        }
+    _, negative = pipe.encode_prompt(prompt=None, **common, **kwargs)
+    return {**kwargs, "negative_prompt_embeds": negative}
+
+
+def stack_prompt_embeddings(
+    pipe: Any, requests: list[tuple[list[WeightedPrompt], int]], device: Any
+) -> dict[str, Any]:
+    """Keyword arguments for one pipeline call over several requests: each request's
+    (prompts, samples) gives `samples` rows, in order; call with num_images_per_prompt=1."""
+    import torch
+
+    rows: dict[str, list[Any]] = {}
+    for prompts, samples in requests:
+        kwargs = _complete_negatives(pipe, encode_weighted_prompts(pipe, prompts, device), device)
+        for name, tensor in kwargs.items():
+            rows.setdefault(name, []).extend([tensor] * samples)
+    return {name: torch.cat(tensors) for name, tensors in rows.items()}

@@ -8,7 +8,7 @@ progress, cancels it on request and keeps its result for a while.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +23,19 @@ from localstability.store.models import GenerationStatus
 # Runs on the inference thread and returns the images; PNG encoding happens off that thread,
 # so the next job's denoising starts at once.
 RunFn = Callable[[StepControl], list[GeneratedImage]]
+# Runs several jobs' parts as one batch; the images come back per part.
+BatchRunFn = Callable[[list[Any], StepControl], list[list[GeneratedImage]]]
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How a job may share one pipeline call with other queued jobs."""
+
+    key: Hashable  # jobs with equal keys can run together (same weights, task, size, steps...)
+    images: int  # the images this job adds to a batch
+    max_images: int  # the most images a batch of such jobs may make
+    part: Any  # this job's parameters, one of the list given to `run`
+    run: BatchRunFn
 
 
 @dataclass
@@ -36,6 +49,7 @@ class JobSpec:
     cost: int  # micro-credits
     run: RunFn  # called on the inference thread
     id: str | None = None  # the client's choice (Generation-Id), else a new one
+    batching: Batching | None = None  # None: the job always runs alone
 
 
 @dataclass
@@ -51,6 +65,8 @@ class Job:
     artifacts: list[Artifact] | None = None
     error: errors.ApiError | None = None
     finished: float | None = None  # time.monotonic() when it ended
+    settled: bool = False  # its end (success, failure, refund) is being recorded
+    batch_size: int = 0  # generations in the pipeline call it ran in (0: not started)
     control: StepControl = field(default_factory=StepControl)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -72,6 +88,7 @@ class JobView:
     step: int
     total: int
     queue_position: int | None
+    batch_size: int = 0
 
     def as_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -81,6 +98,8 @@ class JobView:
         }
         if self.queue_position is not None:
             body["queue_position"] = self.queue_position
+        if self.batch_size:
+            body["batch_size"] = self.batch_size
         return body
 
 

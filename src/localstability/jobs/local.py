@@ -5,8 +5,12 @@ front of one inference worker thread per device.
   running (`TooManyJobs`, 429), checked before any credit is reserved.
 - Order: round robin over organizations (each gets one job per turn, first come first served
   within an organization), so one heavy user can't starve the rest.
+- Batching: the job that comes next takes along queued jobs that can share its pipeline call
+  (equal `Batching.key`, up to `max_images`), taking turns across organizations the same way;
+  `batch_window_s` lets a batch with room wait for more. Each job keeps its own seeds.
 - Cancellation: a queued job leaves the queue at once; a running one stops at its next
-  denoising step (StepControl). Either way its credits are refunded.
+  denoising step (StepControl), or, in a batch with others still wanted, leaves the batch at
+  once and its images are dropped. Either way its credits are refunded.
 - Results stay in memory for `result_ttl_s` after a job ends; the generation record (status,
   cost, timings) stays in the database.
 """
@@ -24,7 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from sqlalchemy.exc import IntegrityError
 
 from localstability import errors
-from localstability.inference.control import JobCancelled, StepControl
+from localstability.inference.control import BatchControl, JobCancelled, StepControl
 from localstability.inference.diffusion import GeneratedImage
 from localstability.inference.worker import InferenceWorker
 from localstability.jobs.base import Job, JobSpec, JobView
@@ -46,16 +50,18 @@ class LocalJobBackend:
         max_queued: int = 256,
         max_per_organization: int = 64,
         result_ttl_s: float = 600.0,
+        batch_window_s: float = 0.0,
     ) -> None:
         self.billing = billing
         self.worker = worker
         self.max_queued = max_queued
         self.max_per_organization = max_per_organization
         self.result_ttl_s = result_ttl_s
+        self.batch_window_s = batch_window_s
         self._jobs: dict[str, Job] = {}
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
         self._admitting: dict[str, int] = {}
-        self._running: Job | None = None
+        self._running: list[Job] = []  # the batch on the device (or being gathered)
         self._completing: set[asyncio.Task[None]] = set()  # encoding and charging
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -68,9 +74,9 @@ class LocalJobBackend:
         return sum(len(q) for q in self._queues.values()) + sum(self._admitting.values())
 
     def _in_flight(self, organization_id: str) -> int:
-        running = self._running is not None and self._running.organization_id == organization_id
+        running = sum(job.organization_id == organization_id for job in self._running)
         queued = len(self._queues.get(organization_id, ()))
-        return queued + int(running) + self._admitting.get(organization_id, 0)
+        return queued + running + self._admitting.get(organization_id, 0)
 
     async def submit(self, spec: JobSpec) -> Job:
         if self._closing:
@@ -138,6 +144,65 @@ class LocalJobBackend:
             self._queues[org] = queue
         return job
 
+    @staticmethod
+    def _room(batch: list[Job]) -> int:
+        """How many more images the batch may take (0 for a job that runs alone)."""
+        head = batch[0].spec.batching
+        if head is None:
+            return 0
+        used = sum(job.spec.batching.images for job in batch if job.spec.batching is not None)
+        return head.max_images - used
+
+    def _fill(self, batch: list[Job]) -> None:
+        """Add queued jobs that can share the batch's pipeline call, one per organization per
+        turn (oldest first within an organization), while there is room."""
+        head = batch[0].spec.batching
+        added = True
+        while added and self._room(batch) > 0:
+            added = False
+            for org in list(self._queues):
+                queue = self._queues[org]
+                job = next(
+                    (
+                        j
+                        for j in queue
+                        if j.spec.batching is not None
+                        and head is not None
+                        and j.spec.batching.key == head.key
+                        and j.spec.batching.images <= self._room(batch)
+                    ),
+                    None,
+                )
+                if job is None:
+                    continue
+                queue.remove(job)
+                if queue:
+                    self._queues.move_to_end(org)  # its turn is spent
+                else:
+                    del self._queues[org]
+                self._take(batch, job)
+                added = True
+
+    def _take(self, batch: list[Job], job: Job) -> None:
+        batch.append(job)
+        job.status = GenerationStatus.RUNNING
+        self._publish(job)
+
+    async def _gather(self, first: Job) -> list[Job]:
+        """The batch that runs next: `first` and the queued jobs that fit with it, waiting up
+        to batch_window_s for more while there is room."""
+        batch = self._running = []
+        self._take(batch, first)
+        self._fill(batch)
+        deadline = time.monotonic() + self.batch_window_s
+        while self._room(batch) > 0 and (remaining := deadline - time.monotonic()) > 0:
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            self._fill(batch)
+        self._publish_all_queued()
+        return batch
+
     async def _dispatch(self) -> None:
         while True:
             job = self._next_job()
@@ -145,11 +210,10 @@ class LocalJobBackend:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            self._running = job
             try:
-                await self._execute(job)
+                await self._execute(await self._gather(job))
             finally:
-                self._running = None
+                self._running = []
 
     def _progress_reporter(self, job: Job) -> Callable[[int, int], None]:
         loop = asyncio.get_running_loop()
@@ -164,28 +228,46 @@ class LocalJobBackend:
             job.step, job.total = step, total
             self._publish(job)
 
-    async def _execute(self, job: Job) -> None:
-        """Run the job's inference; its completion (PNG encoding, charge) goes on in a task of
-        its own, so the device starts the next job at once."""
-        job.status = GenerationStatus.RUNNING
-        self._publish(job)
-        self._publish_all_queued()
+    async def _execute(self, batch: list[Job]) -> None:
+        """Run the batch's inference; each job's completion (PNG encoding, charge) goes on in
+        a task of its own, so the device starts the next batch at once."""
+        for job in batch:
+            if job.control.cancelled:  # cancelled while the batch was gathered
+                await self._failed(job, JobCancelled())
+        live = [job for job in batch if not job.control.cancelled]
+        if not live:
+            return
+        control = live[0].control if len(live) == 1 else BatchControl([j.control for j in live])
+        for job in live:
+            job.batch_size = len(live)
+        if len(live) > 1:
+            log.info("batch", extra={"generations": [job.id for job in live]})
 
-        def work() -> list[GeneratedImage]:
-            job.control.check()  # cancelled between dispatch and start
-            self.billing.start(job.id)
-            return job.spec.run(job.control)
+        def work() -> list[list[GeneratedImage]]:
+            control.check()  # cancelled between dispatch and start
+            self.billing.start(*(job.id for job in live))
+            if len(live) == 1:
+                return [live[0].spec.run(control)]
+            batching = live[0].spec.batching
+            assert batching is not None
+            parts = [job.spec.batching.part for job in live if job.spec.batching is not None]
+            return batching.run(parts, control)
 
         try:
-            images = await self.worker.run(work)
+            results = await self.worker.run(work)
         except BaseException as exc:
-            await self._failed(job, exc)
+            for job in live:
+                await self._failed(job, exc)
             if not isinstance(exc, Exception):
                 raise
             return
-        task = asyncio.get_running_loop().create_task(self._complete(job, images))
-        self._completing.add(task)
-        task.add_done_callback(self._completing.discard)
+        for job, images in zip(live, results, strict=True):
+            if job.settled:  # it left the batch when it was cancelled
+                continue
+            job.settled = True
+            task = asyncio.get_running_loop().create_task(self._complete(job, images))
+            self._completing.add(task)
+            task.add_done_callback(self._completing.discard)
 
     async def _complete(self, job: Job, images: list[GeneratedImage]) -> None:
         try:
@@ -193,12 +275,15 @@ class LocalJobBackend:
             reasons = [a.finish_reason.value for a in artifacts]
             await asyncio.to_thread(self.billing.succeed, job.id, reasons)
         except Exception as exc:
+            job.settled = False
             await self._failed(job, exc)
             return
         job.artifacts = artifacts
         self._finish(job, GenerationStatus.SUCCEEDED)
 
     async def _failed(self, job: Job, exc: BaseException) -> None:
+        if job.settled:
+            return
         if isinstance(exc, JobCancelled):
             await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
         elif isinstance(exc, errors.ApiError):
@@ -218,6 +303,7 @@ class LocalJobBackend:
 
     async def _end(self, job: Job, status: GenerationStatus, error: errors.ApiError) -> None:
         """A job that made no images: refund, record why, wake its waiters."""
+        job.settled = True
         await asyncio.to_thread(self.billing.end, job.id, status, f"{error.name}: {error.message}")
         job.error = error
         self._finish(job, status)
@@ -271,6 +357,7 @@ class LocalJobBackend:
             step=job.step,
             total=job.total or job.spec.parameters.get("steps", 0) or 0,
             queue_position=self.queue_position(job),
+            batch_size=job.batch_size,
         )
 
     async def cancel(self, job_id: str, organization_id: str) -> Job | None:
@@ -286,8 +373,12 @@ class LocalJobBackend:
                 await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
                 self._publish_all_queued()
                 return job
-        if job.status == GenerationStatus.RUNNING:
+        if job.status == GenerationStatus.RUNNING and not job.settled:
             job.control.cancel()  # the worker stops at the next step; _execute refunds
+            if job in self._running and any(
+                not other.control.cancelled for other in self._running
+            ):  # the rest of its batch runs on: it leaves now, its images will be dropped
+                await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
         return job
 
     # -- events ----------------------------------------------------------------------------
@@ -333,7 +424,7 @@ class LocalJobBackend:
             del self._jobs[job_id]
 
     def pending(self) -> int:
-        return self._queued_count() + int(self._running is not None) + len(self._completing)
+        return self._queued_count() + len(self._running) + len(self._completing)
 
     async def shutdown(self, grace_s: float) -> None:
         self._closing = True
@@ -347,11 +438,11 @@ class LocalJobBackend:
             await asyncio.sleep(0.1)
         for job in [j for q in self._queues.values() for j in q]:
             await self.cancel(job.id, job.organization_id)
-        if self._running is not None:
-            running = self._running
-            running.control.cancel()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(running.done.wait(), 60)
+        running = list(self._running)
+        for job in running:
+            job.control.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(job.done.wait() for job in running)), 60)
         if self._completing:
             await asyncio.gather(*self._completing, return_exceptions=True)
         if self._dispatcher is not None:

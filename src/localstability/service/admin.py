@@ -63,6 +63,9 @@ class GenerationInfo(BaseModel):
     seconds: float | None = Field(description="Run time, from start to end.")
     finish_reasons: list[str] | None
     error: str | None
+    batch_size: int | None = Field(
+        description="Generations that ran in one pipeline call with it, itself included."
+    )
 
 
 class KeyInfo(BaseModel):
@@ -202,6 +205,7 @@ class AdminService:
                     else None,
                     finish_reasons=g.finish_reasons,
                     error=g.error,
+                    batch_size=g.batch_size,
                 )
                 for g in records
             ]

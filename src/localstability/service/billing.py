@@ -103,9 +103,11 @@ class Billing:
             return None
         return generation
 
-    def start(self, generation_id: str) -> None:
+    def start(self, *generation_ids: str) -> None:
+        """The generations start, together in one pipeline call when there are several."""
         with self.database.session.begin() as session:
-            ledger.start(session, generation_id)
+            for generation_id in generation_ids:
+                ledger.start(session, generation_id, batch_size=len(generation_ids))
 
     def succeed(self, generation_id: str, finish_reasons: list[str]) -> None:
         with self.database.session.begin() as session:

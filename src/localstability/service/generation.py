@@ -17,7 +17,7 @@ from localstability.inference import diffusion, upscale
 from localstability.inference.control import StepControl
 from localstability.inference.loader import PipelineCache, WeightSource
 from localstability.inference.prompts import WeightedPrompt
-from localstability.jobs.base import JobSpec, RunFn
+from localstability.jobs.base import Batching, JobSpec, RunFn
 from localstability.protocol import (
     GenerationRequestOptionalParams,
     ImageToImageRequestBody,
@@ -130,6 +130,12 @@ class GenerationService:
             samples=samples,
         )
 
+    def batch_max_images(self, engine: EngineSpec) -> int:
+        if not self.settings.batching:
+            return 1
+        configured = self.settings.engine_config(engine.id).batch_max_images
+        return engine.batch_max_images if configured is None else configured
+
     def _spec(
         self,
         principal: Principal,
@@ -138,6 +144,7 @@ class GenerationService:
         body: BaseModel,
         cost: int,
         run: RunFn,
+        batching: Batching | None = None,
     ) -> JobSpec:
         return JobSpec(
             principal=principal,
@@ -146,6 +153,7 @@ class GenerationService:
             parameters=body.model_dump(mode="json"),
             cost=cost,
             run=run,
+            batching=batching,
         )
 
     def _diffusion(
@@ -155,15 +163,28 @@ class GenerationService:
         body: GenerationRequestOptionalParams,
         engine: EngineSpec,
         source: WeightSource,
-        run: Callable[[Any, Any, StepControl], list[diffusion.GeneratedImage]],
+        run: Callable[[Any, Any, StepControl], list[list[diffusion.GeneratedImage]]],
         params: diffusion.DiffusionParams,
         size: tuple[int, int],
     ) -> JobSpec:
-        def job(control: StepControl) -> list[diffusion.GeneratedImage]:
-            return run(self.pipelines.get(source), params, control)
+        """A diffusion job; queued jobs with the same weights, task and batch_key() may run
+        together (see localstability.inference.diffusion)."""
 
+        def batch(parts: list[Any], control: StepControl) -> list[list[diffusion.GeneratedImage]]:
+            return run(self.pipelines.get(source), parts, control)
+
+        def job(control: StepControl) -> list[diffusion.GeneratedImage]:
+            return batch([params], control)[0]
+
+        batching = Batching(
+            key=(source, task, params.batch_key()),
+            images=len(params.seeds),
+            max_images=self.batch_max_images(engine),
+            part=params,
+            run=batch,
+        )
         cost = self.cost(engine, *size, steps=body.steps, samples=body.samples)
-        return self._spec(principal, engine, task, body, cost, job)
+        return self._spec(principal, engine, task, body, cost, job, batching)
 
     async def text_to_image(
         self,

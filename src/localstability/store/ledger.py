@@ -114,12 +114,12 @@ def reserve(session: Session, generation: Generation) -> None:
     )
 
 
-def start(session: Session, generation_id: str) -> bool:
+def start(session: Session, generation_id: str, batch_size: int = 1) -> bool:
     """queued -> running; False when the generation already left the queue."""
     result = session.execute(
         update(Generation)
         .where(Generation.id == generation_id, Generation.status == GenerationStatus.QUEUED)
-        .values(status=GenerationStatus.RUNNING, started_at=utcnow())
+        .values(status=GenerationStatus.RUNNING, started_at=utcnow(), batch_size=batch_size)
     )
     return bool(getattr(result, "rowcount", 0))
 

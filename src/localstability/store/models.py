@@ -154,6 +154,8 @@ class Generation(Base):
     error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     # The server process that runs it ("host:pid"): a restart refunds what a dead one held.
     runner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Generations that ran in the same pipeline call, this one included (batching).
+    batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class LedgerEntry(Base):
