@@ -108,8 +108,9 @@ class JobBackend(Protocol):
         """Admit the job (its credits reserved) or raise: QueueFull, TooManyJobs,
         InsufficientBalance, DuplicateGenerationId, ShuttingDown."""
 
-    async def wait(self, job: Job, disconnected: Callable[[], Awaitable[bool]]) -> list[Artifact]:
-        """The job's artifacts once it is done; cancels it if `disconnected()` turns true."""
+    async def wait(self, job: Job, disconnected: Callable[[], Awaitable[None]]) -> list[Artifact]:
+        """The job's artifacts once it is done; cancels it if `disconnected()` returns first
+        (it returns when the client goes away)."""
 
     def get(self, job_id: str, organization_id: str) -> Job | None:
         """The organization's job `job_id`, if this backend holds it."""

@@ -38,8 +38,6 @@ from localstability.store.models import FINISHED, GenerationStatus
 
 log = logging.getLogger(__name__)
 
-DISCONNECT_POLL_S = 0.25
-
 
 class LocalJobBackend:
     def __init__(
@@ -219,14 +217,14 @@ class LocalJobBackend:
         loop = asyncio.get_running_loop()
 
         def report(step: int, total: int) -> None:  # on the inference thread
-            loop.call_soon_threadsafe(self._set_progress, job, step, total)
+            if job.status == GenerationStatus.RUNNING:
+                job.step, job.total = step, total
+                # Wake the event loop only for a watcher: each wake-up takes the GIL from
+                # the inference thread.
+                if self._subscribers.get(job.id):
+                    loop.call_soon_threadsafe(self._publish, job)
 
         return report
-
-    def _set_progress(self, job: Job, step: int, total: int) -> None:
-        if job.status == GenerationStatus.RUNNING:
-            job.step, job.total = step, total
-            self._publish(job)
 
     async def _execute(self, batch: list[Job]) -> None:
         """Run the batch's inference; each job's completion (PNG encoding, charge) goes on in
@@ -316,15 +314,18 @@ class LocalJobBackend:
 
     # -- waiting, reading, cancelling ------------------------------------------------------
 
-    async def wait(self, job: Job, disconnected: Callable[[], Awaitable[bool]]) -> list[Artifact]:
-        while not job.done.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(job.done.wait(), DISCONNECT_POLL_S)
-                break
-            if await disconnected():
+    async def wait(self, job: Job, disconnected: Callable[[], Awaitable[None]]) -> list[Artifact]:
+        gone = asyncio.ensure_future(disconnected())
+        done = asyncio.ensure_future(job.done.wait())
+        try:
+            await asyncio.wait({gone, done}, return_when=asyncio.FIRST_COMPLETED)
+            if not job.done.is_set():
                 log.info("client went away: cancelling", extra={"generation": job.id})
                 await self.cancel(job.id, job.organization_id)
                 await job.done.wait()
+        finally:
+            gone.cancel()
+            done.cancel()
         return job.result()
 
     def get(self, job_id: str, organization_id: str) -> Job | None:

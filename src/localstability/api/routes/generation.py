@@ -151,11 +151,18 @@ async def run_generation(
             },
         )
     try:
-        artifacts = await context.jobs.wait(job, request.is_disconnected)
+        artifacts = await context.jobs.wait(job, lambda: client_gone(request))
     except errors.ApiError as exc:
         exc.headers = {**exc.headers, **headers}
         raise
     return artifacts_response(artifacts, png, headers)
+
+
+async def client_gone(request: Request) -> None:
+    """Return when the client disconnects. The body has been read by now, so the server's
+    next message is the disconnect: no polling."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.post(
