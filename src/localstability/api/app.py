@@ -109,6 +109,13 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model_schema.pop("$defs", {}))
             components[model.__name__] = model_schema
+        # FastAPI documents a 422 validation error on every route; this API never sends one
+        # (bad input is 400 with the spec's envelope).
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.pop(unused, None)
         app.openapi_schema = schema
         return schema
 
