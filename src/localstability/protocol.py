@@ -82,6 +82,7 @@ class TextPrompt(_WireModel):
         1.0,
         description="Weight of the prompt (use negative numbers for negative prompts). "
         "Defaults to 1.0.",
+        json_schema_extra={"format": "float"},
     )
 
 
@@ -111,8 +112,17 @@ class GenerationRequestOptionalParams(_WireModel):
 
 class TextToImageRequestBody(GenerationRequestOptionalParams):
     text_prompts: list[TextPrompt] = Field(min_length=1)
-    height: int = Field(512, description="Height of the image to generate, in pixels")
-    width: int = Field(512, description="Width of the image to generate, in pixels")
+    # Sizes are checked per engine, with the spec's error names; the schema states the floor.
+    height: int = Field(
+        512,
+        description="Height of the image to generate, in pixels",
+        json_schema_extra={"minimum": 128, "multipleOf": 64},
+    )
+    width: int = Field(
+        512,
+        description="Width of the image to generate, in pixels",
+        json_schema_extra={"minimum": 128, "multipleOf": 64},
+    )
 
 
 class Image(BaseModel):
@@ -143,13 +153,13 @@ class OrganizationMembership(BaseModel):
 
 class AccountResponseBody(BaseModel):
     id: str
-    email: str
-    profile_picture: str | None = None
+    email: str = Field(json_schema_extra={"format": "email"})
+    profile_picture: str | None = Field(None, json_schema_extra={"format": "uri"})
     organizations: list[OrganizationMembership]
 
 
 class BalanceResponseBody(BaseModel):
-    credits: float
+    credits: float = Field(json_schema_extra={"format": "double"})
 
 
 class Error(BaseModel):
@@ -175,7 +185,11 @@ class ImageToImageRequestBody(GenerationRequestOptionalParams):
     text_prompts: list[TextPrompt] = Field(min_length=1)
     init_image_mode: InitImageMode = InitImageMode.IMAGE_STRENGTH
     image_strength: float = Field(
-        0.35, ge=0, le=1, description="How much the init_image shapes the result (1 keeps it)"
+        0.35,
+        ge=0,
+        le=1,
+        description="How much the init_image shapes the result (1 keeps it)",
+        json_schema_extra={"format": "float"},
     )
     step_schedule_start: float = Field(
         0.65, ge=0, le=1, description="Skips a proportion of the start of the diffusion steps"
@@ -197,7 +211,7 @@ class UpscaleRequestBody(_WireModel):
 
     width: int | None = Field(None, ge=512, description="Desired width of the output image")
     height: int | None = Field(None, ge=512, description="Desired height of the output image")
-    text_prompts: list[TextPrompt] | None = None
+    text_prompts: list[TextPrompt] | None = Field(None, min_length=1)
     seed: int = Field(0, ge=0, le=UINT32_MAX)
     steps: int = Field(30, ge=10, le=50)
     cfg_scale: float = Field(7, ge=0, le=35)

@@ -23,6 +23,7 @@ from localstability.inference.loader import PipelineCache
 from localstability.inference.worker import InferenceWorker
 from localstability.jobs.local import LocalJobBackend
 from localstability.protocol import (
+    Error,
     GenerationResponse,
     ImageToImageRequestBody,
     MaskingRequestBody,
@@ -87,6 +88,46 @@ def bootstrap_key(context: AppContext) -> None:
     )
 
 
+# The error answers of each v1 operation, in the spec's envelope (`Error`). The spec lists
+# 400/401/403/404/500 for generations and 401/500 for the rest; 402, 409, 429 and 503 are
+# ours (docs/api.md).
+ERROR_STATUSES = {
+    "400": "bad_request or another input error named by the spec (invalid_samples, ...)",
+    "401": "unauthorized: API key missing or invalid",
+    "402": "insufficient_balance: too few credits (extension)",
+    "403": "permission_denied: not a member of the Organization given",
+    "404": "not_found: no such engine",
+    "409": "generation_cancelled or duplicate_generation_id (extension)",
+    "429": "rate_limited or too_many_jobs, with Retry-After (extension)",
+    "500": "server_error or generation_interrupted",
+    "503": "queue_full or shutting_down (with Retry-After), engine_unavailable (extension)",
+}
+GENERATION_ERRORS = ("400", "401", "402", "403", "404", "409", "429", "500", "503")
+READ_ERRORS = ("401", "403", "429", "500")  # 403: an Organization header not one's own
+ACCOUNT_ERRORS = ("401", "429", "500")  # the account ignores the Organization header
+
+
+def _document_errors(schema: dict[str, Any]) -> None:
+    envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith("/v1/") or path.startswith("/v1/generation/{generation_id}"):
+            continue
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)  # FastAPI's; bad input here is 400 in the envelope
+            statuses = (
+                GENERATION_ERRORS
+                if method == "post"
+                else ACCOUNT_ERRORS
+                if path == "/v1/user/account"
+                else READ_ERRORS
+            )
+            for status in statuses:
+                responses.setdefault(
+                    status, {"description": ERROR_STATUSES[status], "content": envelope}
+                )
+
+
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     """FastAPI's schema plus the wire models that routes parse by hand."""
 
@@ -105,10 +146,12 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             MaskingRequestBody,
             UpscaleRequestBody,
             GenerationResponse,
+            Error,
         ):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model_schema.pop("$defs", {}))
             components[model.__name__] = model_schema
+        _document_errors(schema)
         # FastAPI documents a 422 validation error on every route; this API never sends one
         # (bad input is 400 with the spec's envelope).
         for operations in schema.get("paths", {}).values():

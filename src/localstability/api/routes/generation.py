@@ -55,20 +55,23 @@ def _json_body_schema(name: str) -> dict[str, Any]:
     }
 
 
-def _multipart_body_schema(name: str, files: tuple[str, ...]) -> dict[str, Any]:
-    """A multipart body: the model's fields as text parts, plus binary file parts."""
+def _multipart_body_schema(
+    name: str, files: tuple[str, ...], required: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """A multipart body: the model's fields as text parts, plus binary file parts (all
+    required unless `required` names fewer)."""
     binary = {"type": "string", "format": "binary"}
+    parts = {
+        "type": "object",
+        "properties": dict.fromkeys(files, binary),
+        "required": list(files if required is None else required),
+    }
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "multipart/form-data": {
-                    "schema": {
-                        "allOf": [
-                            {"$ref": f"#/components/schemas/{name}"},
-                            {"type": "object", "properties": dict.fromkeys(files, binary)},
-                        ]
-                    }
+                    "schema": {"allOf": [{"$ref": f"#/components/schemas/{name}"}, parts]}
                 }
             },
         }
@@ -238,7 +241,10 @@ async def image_to_image(
 @router.post(
     "/v1/generation/{engine_id}/image-to-image/masking",
     responses=_GENERATION_RESPONSES,
-    openapi_extra=_multipart_body_schema("MaskingRequestBody", ("init_image", "mask_image")),
+    # mask_image is required unless mask_source is INIT_IMAGE_ALPHA.
+    openapi_extra=_multipart_body_schema(
+        "MaskingRequestBody", ("init_image", "mask_image"), required=("init_image",)
+    ),
     response_class=Response,
 )
 async def masking(
