@@ -1,4 +1,4 @@
-"""Our /openapi.json against the official v1 spec (../shared/spec/stability-v1-openapi.json).
+"""Our /openapi.json against the official v1 spec (tests/spec/stability-v1-openapi.json).
 
 Both documents are flattened per operation into facts: for the request body and for each
 response status and content type, every field (allOf / oneOf / anyOf merged, $refs resolved,
@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import Server
 
-SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "stability-v1-openapi.json"
+SPEC = Path(__file__).resolve().parent / "spec" / "stability-v1-openapi.json"
 FACTS = (
     "type",
     "enum",
