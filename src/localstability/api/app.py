@@ -114,7 +114,6 @@ def _document_errors(schema: dict[str, Any]) -> None:
             continue
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
-            responses.pop("422", None)  # FastAPI's; bad input here is 400 in the envelope
             statuses = (
                 GENERATION_ERRORS
                 if method == "post"

@@ -155,6 +155,8 @@ class LocalJobBackend:
         """Add queued jobs that can share the batch's pipeline call, one per organization per
         turn (oldest first within an organization), while there is room."""
         head = batch[0].spec.batching
+        if head is None:
+            return
         added = True
         while added and self._room(batch) > 0:
             added = False
@@ -165,7 +167,6 @@ class LocalJobBackend:
                         j
                         for j in queue
                         if j.spec.batching is not None
-                        and head is not None
                         and j.spec.batching.key == head.key
                         and j.spec.batching.images <= self._room(batch)
                     ),
