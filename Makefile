@@ -1,4 +1,4 @@
-# Two entry points on a fresh machine: `make serve` and `make test`.
+# Two entry points on a fresh machine: `make serve` and `make test` (and `make bench`).
 # Each creates (or reuses) its own virtualenv in .venv.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed
 CONFIG ?=
 HOST ?=
 PORT ?=
+# e.g. BENCH_ARGS=--quick (a smoke check), or --only startup latency
+BENCH_ARGS ?=
 
-.PHONY: serve test venv clients services lint
+.PHONY: serve test venv clients services lint bench
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (torch first, then the package; a few minutes on a new machine)"
@@ -38,3 +40,8 @@ lint: venv
 
 test: venv clients services lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Every benchmark in bench/ one after another (python -m bench; about half an hour on 2 cores):
+# results in bench/results/, and the README's benchmark table rewritten from them.
+bench: venv
+	HF_HUB_OFFLINE=1 $(PY) -m bench $(BENCH_ARGS)

@@ -7,7 +7,7 @@ same command in alternating rounds (this machine's speed drifts by 10-20 % over 
 2. http: 16 concurrent clients against a server with batching off vs one with it on (both
    up at once; only one is busy at a time).
 
-    .venv/bin/python -m bench.batching [--rounds 3] [--sizes 2 4] [--skip-http]
+    .venv/bin/python -m bench.batching [--rounds 3] [--sizes 2 4] [--steps 20] [--skip-http]
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ CASES = [
 PROMPTS = ["a lighthouse on a cliff at dusk", "a red fox in the snow", "a bowl of fruit", "a city"]
 
 
-def pipeline_case(folder: Path, width: int, height: int, sizes: list[int], rounds: int) -> Any:
+def pipeline_case(
+    folder: Path, width: int, height: int, sizes: list[int], rounds: int, steps: int = 20
+) -> Any:
     from diffusers import DiffusionPipeline
 
     from localstability.inference.diffusion import TextToImageParams, run_text_to_image
@@ -41,7 +43,7 @@ def pipeline_case(folder: Path, width: int, height: int, sizes: list[int], round
     pipe = DiffusionPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
 
-    def params(index: int, steps: int = 20) -> TextToImageParams:
+    def params(index: int, steps: int = steps) -> TextToImageParams:
         prompt = WeightedPrompt(PROMPTS[index % len(PROMPTS)], 1.0)
         return TextToImageParams(
             prompts=[prompt],
@@ -53,7 +55,7 @@ def pipeline_case(folder: Path, width: int, height: int, sizes: list[int], round
             height=height,
         )
 
-    run_text_to_image(pipe, [params(0, steps=10)])  # warm-up
+    run_text_to_image(pipe, [params(0, steps=min(10, steps))])  # warm-up
     rows = []
     for size in sizes:
         parts = [params(i) for i in range(size)]
@@ -92,7 +94,7 @@ def http_case(servers: dict[str, Any], engine_id: str, size: tuple[int, int], ar
             "text_prompts": [{"text": PROMPTS[i % len(PROMPTS)]}],
             "width": size[0],
             "height": size[1],
-            "steps": 20,
+            "steps": args.steps,
             "seed": i + 1,
         }
         for i in range(args.requests)
@@ -112,7 +114,8 @@ def http_case(servers: dict[str, Any], engine_id: str, size: tuple[int, int], ar
     return {"median_gain": statistics.median(r["gain"] for r in rounds), "rounds": rounds}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run with these command-line arguments (default: sys.argv); returns what it wrote."""
     from localstability.testing import run_cli, start_server
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -121,8 +124,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--engine", action="append", help="only these engine ids")
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--skip-http", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         tiny = Path(scratch)
@@ -143,12 +147,12 @@ def main() -> None:
             for engine_id, family, width, height in CASES:
                 if args.engine and engine_id not in args.engine:
                     continue
-                print(f"{engine_id} {width}x{height}, 20 steps", flush=True)
+                print(f"{engine_id} {width}x{height}, {args.steps} steps", flush=True)
                 row: dict[str, Any] = {
                     "engine_id": engine_id,
                     "size": f"{width}x{height}",
                     "pipeline": pipeline_case(
-                        tiny / family, width, height, args.sizes, args.rounds
+                        tiny / family, width, height, args.sizes, args.rounds, args.steps
                     ),
                 }
                 if servers:
@@ -157,21 +161,22 @@ def main() -> None:
         finally:
             for server in servers.values():
                 server.stop()
-    write_results(
-        "batching",
-        {
-            "benchmark": "batching: batched vs one-by-one, pipeline and HTTP",
-            "models": TINY_MODELS,
-            "machine": machine(),
-            "http": None
-            if args.skip_http
-            else (
-                f"{args.clients} clients, {args.requests} requests; batching off vs on "
-                "(each engine's batch_max_images; SDXL: 1, so no batching there)"
-            ),
-            "results": results,
-        },
-    )
+    payload: dict[str, Any] = {
+        "benchmark": "batching: batched vs one-by-one, pipeline and HTTP",
+        "models": TINY_MODELS,
+        "machine": machine(),
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "http": None
+        if args.skip_http
+        else (
+            f"{args.clients} clients, {args.requests} requests; batching off vs on "
+            "(each engine's batch_max_images; SDXL: 1, so no batching there)"
+        ),
+        "results": results,
+    }
+    write_results("batching", payload)
+    return payload
 
 
 if __name__ == "__main__":

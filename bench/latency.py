@@ -67,13 +67,14 @@ def time_direct(folder: Path, width: int, height: int, steps: int, repeats: int)
     return timings
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run with these command-line arguments (default: sys.argv); returns what it wrote."""
     from localstability.testing import run_cli, start_server
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=30)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         tiny = Path(scratch)
         print("building tiny models...", flush=True)
@@ -111,16 +112,15 @@ def main() -> None:
                     )
         finally:
             server.stop()
-    write_results(
-        "latency",
-        {
-            "benchmark": "text-to-image latency, HTTP server vs direct diffusers call",
-            "models": TINY_MODELS,
-            "machine": machine(),
-            "repeats": args.repeats,
-            "results": rows,
-        },
-    )
+    payload: dict[str, Any] = {
+        "benchmark": "text-to-image latency, HTTP server vs direct diffusers call",
+        "models": TINY_MODELS,
+        "machine": machine(),
+        "repeats": args.repeats,
+        "results": rows,
+    }
+    write_results("latency", payload)
+    return payload
 
 
 if __name__ == "__main__":

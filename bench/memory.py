@@ -14,6 +14,7 @@ import argparse
 import io
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -81,13 +82,14 @@ def run_scenario(config: Path, engine_id: str, tasks: list[str], repeats: int) -
         server.stop()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run with these command-line arguments (default: sys.argv); returns what it wrote."""
     from localstability.testing import run_cli
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--engine", default="stable-diffusion-xl-1024-v1-0", choices=SIZES)
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         tiny = Path(scratch)
         print("building tiny models...", flush=True)
@@ -101,19 +103,18 @@ def main() -> None:
         print(f"text-to-image + image-to-image + masking: peak RSS {together:.0f} MiB", flush=True)
     ratio = together / alone
     print(f"ratio {ratio:.3f} (target <= 1.1)")
-    write_results(
-        f"memory-{args.engine}",
-        {
-            "benchmark": "peak RSS of one engine: t2i alone vs t2i + img2img + masking",
-            "models": TINY_MODELS,
-            "engine_id": args.engine,
-            "size": "x".join(map(str, SIZES[args.engine])),
-            "repeats": args.repeats,
-            "text_to_image_peak_rss_mib": round(alone, 1),
-            "all_three_peak_rss_mib": round(together, 1),
-            "ratio": round(ratio, 3),
-        },
-    )
+    payload: dict[str, Any] = {
+        "benchmark": "peak RSS of one engine: t2i alone vs t2i + img2img + masking",
+        "models": TINY_MODELS,
+        "engine_id": args.engine,
+        "size": "x".join(map(str, SIZES[args.engine])),
+        "repeats": args.repeats,
+        "text_to_image_peak_rss_mib": round(alone, 1),
+        "all_three_peak_rss_mib": round(together, 1),
+        "ratio": round(ratio, 3),
+    }
+    write_results(f"memory-{args.engine}", payload)
+    return payload
 
 
 if __name__ == "__main__":

