@@ -60,6 +60,20 @@ ADMIN_KEY = "test-admin-key-4d1f0c8e2b7a9d3f6e5c1b0a"
 
 
 @dataclass
+class Books:
+    audits: list[Any]  # localstability.store.ledger.Audit, one per organization
+    unfinished: list[tuple[str, str]]  # (generation id, status) still queued or running
+
+    def assert_settled(self) -> None:
+        """Every ledger adds up and holds nothing back; no generation is left unfinished."""
+        assert self.audits
+        for audit in self.audits:
+            assert audit.adds_up, audit
+            assert audit.reserved == 0, audit
+        assert not self.unfinished, self.unfinished
+
+
+@dataclass
 class Deployment:
     """A server of its own (own data dir and database) with the admin CLI pointed at it."""
 
@@ -81,6 +95,21 @@ class Deployment:
         return self.env.get("LOCALSTABILITY_DATABASE_URL") or (
             f"sqlite:///{Path(self.env['LOCALSTABILITY_DATA_DIR']) / 'localstability.db'}"
         )
+
+    def books(self) -> Books:
+        """Every organization's ledger audit and the generation records not yet finished."""
+        from localstability.store import ledger
+        from localstability.store.db import Database
+        from localstability.store.models import Organization
+
+        database = Database(self.database_url)
+        try:
+            with database.session() as session:
+                audits = [ledger.audit(session, o.id) for o in session.query(Organization).all()]
+                unfinished = [(g.id, g.status.value) for g in ledger.unfinished(session)]
+                return Books(audits, unfinished)
+        finally:
+            database.dispose()
 
     def restart(self) -> None:
         self.server.stop()

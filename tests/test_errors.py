@@ -28,6 +28,12 @@ BAD_BODIES: list[tuple[str, Any]] = [
     ("prompt over 2000 characters", {"text_prompts": [{"text": "a" * 2001}]}),
     ("weight not a number", {"text_prompts": [{"text": "a", "weight": "heavy"}]}),
     ("only negative prompts", {"text_prompts": [{"text": "a", "weight": -1}]}),
+    (
+        "weights adding up past a float",
+        {"text_prompts": [{"text": "a", "weight": 1e308}, {"text": "b", "weight": 1e308}]},
+    ),
+    ("boolean seed", t2i_body(seed=False)),
+    ("boolean weight", {"text_prompts": [{"text": "a", "weight": True}]}),
     ("cfg_scale too high", t2i_body(cfg_scale=35.5)),
     ("cfg_scale negative", t2i_body(cfg_scale=-1)),
     ("steps too few", t2i_body(steps=9)),

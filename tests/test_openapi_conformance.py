@@ -41,7 +41,10 @@ GENERATIONS = (
     "image-to-image/upscale",
 )
 EXTRA_STATUSES = {
-    **{f"/v1/generation/{{engine_id}}/{g} post": ("402", "409", "429", "503") for g in GENERATIONS},
+    **{
+        f"/v1/generation/{{engine_id}}/{g} post": ("202", "402", "409", "429", "503")
+        for g in GENERATIONS
+    },
     "/v1/engines/list get": ("403", "429"),
     "/v1/user/balance get": ("403", "429"),
     "/v1/user/account get": ("429",),

@@ -8,7 +8,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 UINT32_MAX = 4_294_967_295
 
@@ -71,12 +71,21 @@ class EngineType(StrEnum):
     VIDEO = "VIDEO"
 
 
-class _WireModel(BaseModel):
+class WireModel(BaseModel):
     # NaN and infinities are never valid numbers on this wire; unknown keys are ignored.
     model_config = ConfigDict(allow_inf_nan=False, extra="ignore")
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic's lax mode reads true/false as 1/0 (or 1.0/0.0): only a boolean field may.
+        name = info.field_name
+        if isinstance(value, bool) and name and cls.model_fields[name].annotation is not bool:
+            raise ValueError("a boolean is not valid here")
+        return value
 
-class TextPrompt(_WireModel):
+
+class TextPrompt(WireModel):
     text: str = Field(max_length=2000, description="The prompt itself")
     weight: float = Field(
         1.0,
@@ -86,7 +95,7 @@ class TextPrompt(_WireModel):
     )
 
 
-class GenerationRequestOptionalParams(_WireModel):
+class GenerationRequestOptionalParams(WireModel):
     cfg_scale: float = Field(
         7,
         ge=0,
@@ -162,6 +171,27 @@ class BalanceResponseBody(BaseModel):
     credits: float = Field(json_schema_extra={"format": "double"})
 
 
+class GenerationProgress(BaseModel):
+    step: int = Field(description="Diffusion steps done (0 while queued)")
+    total: int = Field(description="Diffusion steps in all (0 until it starts)")
+
+
+class GenerationStatusBody(BaseModel):
+    """Extension: a generation by id while it is queued or running (202), as the async POST
+    answers it, and what DELETE answers."""
+
+    id: str = Field(description="The generation id (also in the Generation-Id header)")
+    status: str = Field(
+        description="queued, running, succeeded, failed or cancelled",
+        json_schema_extra={"enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+    )
+    progress: GenerationProgress
+    queue_position: int | None = Field(None, description="Jobs ahead of it; only while queued")
+    batch_size: int | None = Field(
+        None, description="Requests sharing its model run; only once started"
+    )
+
+
 class Error(BaseModel):
     id: str = Field(description="A unique identifier for this particular occurrence of the problem")
     name: str = Field(description="The short-name of this class of errors e.g. `bad_request`")
@@ -206,7 +236,7 @@ class MaskingRequestBody(GenerationRequestOptionalParams):
     mask_source: MaskSource
 
 
-class UpscaleRequestBody(_WireModel):
+class UpscaleRequestBody(WireModel):
     """The multipart fields of upscale other than the `image` part (latent upscaler: all)."""
 
     width: int | None = Field(None, ge=512, description="Desired width of the output image")

@@ -88,16 +88,17 @@ def bootstrap_key(context: AppContext) -> None:
     )
 
 
-# The error answers of each v1 operation, in the spec's envelope (`Error`). The spec lists
+# The error answers of each operation, in the spec's envelope (`Error`). The spec lists
 # 400/401/403/404/500 for generations and 401/500 for the rest; 402, 409, 429 and 503 are
-# ours (docs/api.md).
+# ours (docs/api.md), as are the generation-by-id and admin operations.
 ERROR_STATUSES = {
     "400": "bad_request or another input error named by the spec (invalid_samples, ...)",
     "401": "unauthorized: API key missing or invalid",
     "402": "insufficient_balance: too few credits (extension)",
     "403": "permission_denied: not a member of the Organization given",
-    "404": "not_found: no such engine",
+    "404": "not_found: no such engine, generation, organization or key",
     "409": "generation_cancelled or duplicate_generation_id (extension)",
+    "410": "result_expired: the generation succeeded but its images are no longer kept",
     "429": "rate_limited or too_many_jobs, with Retry-After (extension)",
     "500": "server_error or generation_interrupted",
     "503": "queue_full or shutting_down (with Retry-After), engine_unavailable (extension)",
@@ -105,23 +106,31 @@ ERROR_STATUSES = {
 GENERATION_ERRORS = ("400", "401", "402", "403", "404", "409", "429", "500", "503")
 READ_ERRORS = ("401", "403", "429", "500")  # 403: an Organization header not one's own
 ACCOUNT_ERRORS = ("401", "429", "500")  # the account ignores the Organization header
+# A generation by id answers, once it has ended, with the error its generation ended with.
+RESULT_ERRORS = (*GENERATION_ERRORS, "410")
+JOB_ERRORS = ("401", "403", "404", "429", "500")
+# 404 also when the admin API is off (no admin_key).
+ADMIN_ERRORS = ("400", "401", "404", "500")
+
+
+def _error_statuses(path: str, method: str) -> tuple[str, ...]:
+    if path.startswith("/admin/"):
+        return ADMIN_ERRORS
+    if path == "/v1/generation/{generation_id}" and method == "get":
+        return RESULT_ERRORS
+    if path.startswith("/v1/generation/{generation_id}"):
+        return JOB_ERRORS
+    if method == "post":
+        return GENERATION_ERRORS
+    return ACCOUNT_ERRORS if path == "/v1/user/account" else READ_ERRORS
 
 
 def _document_errors(schema: dict[str, Any]) -> None:
     envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for path, operations in schema.get("paths", {}).items():
-        if not path.startswith("/v1/") or path.startswith("/v1/generation/{generation_id}"):
-            continue
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
-            statuses = (
-                GENERATION_ERRORS
-                if method == "post"
-                else ACCOUNT_ERRORS
-                if path == "/v1/user/account"
-                else READ_ERRORS
-            )
-            for status in statuses:
+            for status in _error_statuses(path, method):
                 responses.setdefault(
                     status, {"description": ERROR_STATUSES[status], "content": envelope}
                 )

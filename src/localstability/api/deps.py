@@ -73,7 +73,8 @@ def wants_png(accept: str | None) -> bool:
                     quality = float(param[2:])
                 except ValueError:
                     quality = 0.0
-        ranked.append((-quality, position, media.lower()))
+        if quality > 0:  # q=0 means "not acceptable" (RFC 9110)
+            ranked.append((-quality, position, media.lower()))
     ranked.sort()
     for _, _, media in ranked:
         if media == "image/png":
@@ -81,6 +82,18 @@ def wants_png(accept: str | None) -> bool:
         if media in ("application/json", "*/*", "application/*"):
             return False
     return False
+
+
+# The largest JSON body read: ample for prompts of 2,000 characters, like the 1 MiB that
+# multipart bodies allow their text parts.
+MAX_JSON_BODY_BYTES = 1024 * 1024
+
+
+def _json_body_too_large() -> errors.BadRequest:
+    return errors.BadRequest(
+        f"the request body is larger than the limit of {MAX_JSON_BODY_BYTES:,} bytes "
+        "for a JSON body"
+    )
 
 
 async def parse_json_body(request: Request, model: type[ModelT]) -> ModelT:
@@ -91,11 +104,24 @@ async def parse_json_body(request: Request, model: type[ModelT]) -> ModelT:
         raise errors.BadRequest(
             f"Content-Type must be application/json for this endpoint, not {media_type!r}"
         )
-    raw = await request.body()
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > MAX_JSON_BODY_BYTES:
+        raise _json_body_too_large()  # refused before the body is read
+    raw = bytearray()
+    async for chunk in request.stream():  # a chunked body has no Content-Length
+        raw += chunk
+        if len(raw) > MAX_JSON_BODY_BYTES:
+            raise _json_body_too_large()
     try:
         payload = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise errors.BadRequest(f"the request body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError):
+        # Python's own limits: an integer of over 4,300 digits, nesting deeper than the stack.
+        raise errors.BadRequest(
+            "the request body is JSON this server does not read: a number with too many "
+            "digits or arrays and objects nested too deep"
+        ) from None
     if not isinstance(payload, dict):
         raise errors.BadRequest("the request body must be a JSON object")
     return model.model_validate(payload)

@@ -11,6 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from localstability import errors
 
@@ -53,6 +55,21 @@ def describe_validation_errors(details: list[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route serves at this request's path."""
+    return [
+        method
+        for method in HTTP_METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in app.router.routes
+        )
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.ApiError)
     async def api_error(_request: Request, exc: errors.ApiError) -> JSONResponse:
@@ -67,9 +84,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return envelope(400, "bad_request", describe_validation_errors(list(exc.errors())))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         name = _STATUS_NAMES.get(exc.status_code, "server_error")
-        return envelope(exc.status_code, name, str(exc.detail), getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            # Starlette names the methods of the first route on the path; list them all.
+            headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(app, request))}
+        return envelope(exc.status_code, name, str(exc.detail), headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_disconnect(_request: Request, _exc: ClientDisconnect) -> JSONResponse:
+        # The client went away before its body was complete: its fault, not a server error
+        # (no traceback logged); nobody is left to read this answer.
+        return envelope(400, "bad_request", "the client disconnected before sending the whole body")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

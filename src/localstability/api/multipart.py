@@ -19,7 +19,7 @@ from localstability import errors
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-_PROMPT_FIELD = re.compile(r"^text_prompts\[(-?\d+)\]\[(text|weight)\]$")
+_PROMPT_FIELD = re.compile(r"text_prompts\[(-?[0-9]+)\]\[(text|weight)\]")
 _EXTRAS_FIELD = re.compile(r"^extras\[([^\]]+)\]$")
 _MAX_FIELDS = 200
 
@@ -38,7 +38,7 @@ def fold_fields(items: list[tuple[str, str]]) -> dict[str, Any]:
     extras: dict[str, str] = {}
     fields: dict[str, Any] = {}
     for name, value in items:
-        if match := _PROMPT_FIELD.match(name):
+        if match := _PROMPT_FIELD.fullmatch(name):
             prompts.setdefault(int(match.group(1)), {})[match.group(2)] = value
         elif match := _EXTRAS_FIELD.match(name):
             extras[match.group(1)] = value

@@ -12,6 +12,13 @@ from localstability import errors
 ACCEPTED_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 
 
+def _has_accepted_signature(data: bytes) -> bool:
+    """The file starts like a PNG, JPEG or WebP (whatever follows)."""
+    return data.startswith((b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff")) or (
+        data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    )
+
+
 def decode_upload(data: bytes, field: str, max_pixels: int) -> Image.Image:
     """Decode an uploaded PNG, JPEG or WebP; the part's declared content type is ignored.
 
@@ -25,6 +32,9 @@ def decode_upload(data: bytes, field: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data), formats=None)
     except UnidentifiedImageError:
+        if _has_accepted_signature(data):
+            # A PNG, JPEG or WebP whose header is broken: the type is right, the file is not.
+            raise errors.BadRequest(f"{field}: the image is corrupt or truncated") from None
         raise errors.InvalidMimeType(
             f"{field}: not an image this server reads; send a PNG, JPEG or WebP file"
         ) from None
@@ -32,6 +42,9 @@ def decode_upload(data: bytes, field: str, max_pixels: int) -> Image.Image:
         raise errors.BadRequest(
             f"{field}: the image declares too many pixels (limit {max_pixels:,})"
         ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow's plugins fail this way on a header they can't read (e.g. a truncated WebP).
+        raise errors.BadRequest(f"{field}: the image is corrupt or truncated ({exc})") from None
     if image.format not in ACCEPTED_FORMATS:
         raise errors.InvalidMimeType(
             f"{field}: {image.format or 'unknown'} images are not accepted; "

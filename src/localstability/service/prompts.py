@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from localstability import errors
 from localstability.inference.prompts import WeightedPrompt
 from localstability.protocol import StylePreset, TextPrompt
@@ -18,6 +20,10 @@ def weighted_prompts(
     prompts = [WeightedPrompt(p.text, p.weight) for p in text_prompts if p.weight != 0]
     if not any(p.weight > 0 for p in prompts):
         raise errors.BadRequest("text_prompts: at least one prompt must have a positive weight")
+    for sign in (1, -1):
+        # Prompts are blended by w / sum(w): a sum that overflows would blend nothing.
+        if not math.isfinite(sum(p.weight for p in prompts if p.weight * sign > 0)):
+            raise errors.BadRequest("text_prompts: the weights add up to more than a float holds")
     if style_preset is None:
         return prompts
     template = STYLE_TEMPLATES[style_preset]

@@ -32,6 +32,10 @@ from localstability.store.models import (
     utcnow,
 )
 
+# The most micro-credits a grant may move or a balance may hold (a trillion credits): far
+# below what a 64-bit integer column holds, so sums of them never overflow.
+MAX_MICROS = 10**18
+
 
 def credits(micros: int) -> float:
     """Micro-credits as the float credits the API shows."""
@@ -58,15 +62,27 @@ def grant(
     actor: str | None = None,
     note: str | None = None,
 ) -> LedgerEntry:
-    """Add `amount` micro-credits (negative: take them away, never below zero)."""
+    """Add `amount` micro-credits (negative: take them away, never below zero; the balance
+    never above MAX_MICROS)."""
     organization(session, organization_id)
+    if abs(amount) > MAX_MICROS:
+        raise errors.BadRequest(f"a grant moves at most {credits(MAX_MICROS):g} credits")
     balance = session.scalar(
         update(Organization)
-        .where(Organization.id == organization_id, Organization.balance + amount >= 0)
+        .where(
+            Organization.id == organization_id,
+            Organization.balance + amount >= 0,
+            Organization.balance + amount <= MAX_MICROS,
+        )
         .values(balance=Organization.balance + amount)
         .returning(Organization.balance)
     )
     if balance is None:
+        if amount > 0:
+            raise errors.BadRequest(
+                f"a balance holds at most {credits(MAX_MICROS):g} credits; "
+                f"{organization_id} would hold more"
+            )
         raise errors.BadRequest(
             f"taking {credits(-amount):g} credits would leave {organization_id} below zero"
         )

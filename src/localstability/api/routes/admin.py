@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from localstability import errors
 from localstability.api.deps import Context
-from localstability.protocol import AccountResponseBody
+from localstability.protocol import AccountResponseBody, WireModel
 from localstability.service.accounts import bearer_token
 from localstability.service.admin import (
     AdminService,
@@ -26,6 +26,7 @@ from localstability.service.admin import (
     NewKey,
     OrganizationInfo,
 )
+from localstability.store.ledger import MAX_MICROS, credits
 
 router = APIRouter(prefix="/admin/v1", tags=["admin (extension)"])
 
@@ -44,10 +45,11 @@ def admin_service(
 
 
 Admin = Annotated[AdminService, Depends(admin_service)]
+MAX_CREDITS = credits(MAX_MICROS)
 Limit = Annotated[int, Query(ge=1, le=10_000)]
 
 
-class NewUser(BaseModel):
+class NewUser(WireModel):
     email: str
     organization_id: str | None = Field(
         None, description="Join this organization; unset: a new organization of their own."
@@ -56,25 +58,29 @@ class NewUser(BaseModel):
     profile_picture: str | None = None
 
 
-class NewOrganization(BaseModel):
+class NewOrganization(WireModel):
     name: str = Field(min_length=1, max_length=200)
-    credits: float = Field(0.0, ge=0)
+    credits: float = Field(0.0, ge=0, le=MAX_CREDITS)
 
 
-class NewMember(BaseModel):
+class NewMember(WireModel):
     email: str
     role: str = "MEMBER"
     is_default: bool = False
 
 
-class Grant(BaseModel):
-    credits: float = Field(description="Credits to add; negative takes them away.")
+class Grant(WireModel):
+    credits: float = Field(
+        ge=-MAX_CREDITS, le=MAX_CREDITS, description="Credits to add; negative takes them away."
+    )
     note: str | None = Field(None, max_length=500)
 
 
-class KeyRequest(BaseModel):
+class KeyRequest(WireModel):
     email: str
-    credits: float = Field(0.0, ge=0, description="Granted to a new user's own organization.")
+    credits: float = Field(
+        0.0, ge=0, le=MAX_CREDITS, description="Granted to a new user's own organization."
+    )
 
 
 class Revoked(BaseModel):

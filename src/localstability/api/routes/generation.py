@@ -24,6 +24,7 @@ from localstability.engines import Task
 from localstability.jobs.base import JobSpec
 from localstability.protocol import (
     GenerationResponse,
+    GenerationStatusBody,
     Image,
     ImageToImageRequestBody,
     MaskingRequestBody,
@@ -35,13 +36,18 @@ from localstability.store.accounts import Principal
 
 router = APIRouter(tags=["v1/generation"])
 
-_GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "One artifact per sample (JSON), or the raw PNG with Accept: image/png",
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/GenerationResponse"}},
             "image/png": {"schema": {"type": "string", "format": "binary"}},
         },
+    },
+    202: {
+        "description": "Accepted (extension): with Prefer: respond-async, or while the "
+        "generation is queued or running (GET /v1/generation/{id})",
+        "model": GenerationStatusBody,
     },
 }
 
@@ -170,7 +176,7 @@ async def client_gone(request: Request) -> None:
 
 @router.post(
     "/v1/generation/{engine_id}/text-to-image",
-    responses=_GENERATION_RESPONSES,
+    responses=GENERATION_RESPONSES,
     openapi_extra=_json_body_schema("TextToImageRequestBody"),
     response_class=Response,
 )
@@ -213,7 +219,7 @@ async def _multipart_generation(
 
 @router.post(
     "/v1/generation/{engine_id}/image-to-image",
-    responses=_GENERATION_RESPONSES,
+    responses=GENERATION_RESPONSES,
     openapi_extra=_multipart_body_schema("ImageToImageRequestBody", ("init_image",)),
     response_class=Response,
 )
@@ -240,7 +246,7 @@ async def image_to_image(
 
 @router.post(
     "/v1/generation/{engine_id}/image-to-image/masking",
-    responses=_GENERATION_RESPONSES,
+    responses=GENERATION_RESPONSES,
     # mask_image is required unless mask_source is INIT_IMAGE_ALPHA.
     openapi_extra=_multipart_body_schema(
         "MaskingRequestBody", ("init_image", "mask_image"), required=("init_image",)
@@ -270,7 +276,7 @@ async def masking(
 
 @router.post(
     "/v1/generation/{engine_id}/image-to-image/upscale",
-    responses=_GENERATION_RESPONSES,
+    responses=GENERATION_RESPONSES,
     openapi_extra=_multipart_body_schema("UpscaleRequestBody", ("image",)),
     response_class=Response,
 )

@@ -20,8 +20,13 @@ from sse_starlette import EventSourceResponse
 
 from localstability import errors
 from localstability.api.deps import Context, CurrentPrincipal, wants_png
-from localstability.api.routes.generation import GENERATION_ID, artifacts_response
+from localstability.api.routes.generation import (
+    GENERATION_ID,
+    GENERATION_RESPONSES,
+    artifacts_response,
+)
 from localstability.jobs.base import Job, JobView
+from localstability.protocol import GenerationStatusBody
 from localstability.store.accounts import Principal
 from localstability.store.models import GenerationStatus
 
@@ -69,7 +74,9 @@ async def _from_record(context: Context, generation_id: str, principal: Principa
     return JSONResponse(view.as_json(), status_code=202, headers=headers)
 
 
-@router.get("/v1/generation/{generation_id}", response_class=Response)
+@router.get(
+    "/v1/generation/{generation_id}", responses=GENERATION_RESPONSES, response_class=Response
+)
 async def generation_status(
     generation_id: str,
     context: Context,
@@ -91,7 +98,16 @@ async def generation_status(
     return artifacts_response(artifacts, wants_png(accept), headers)
 
 
-@router.get("/v1/generation/{generation_id}/events")
+@router.get(
+    "/v1/generation/{generation_id}/events",
+    response_class=EventSourceResponse,
+    responses={
+        200: {
+            "description": "`status` events, data a GenerationStatusBody, until it ends",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def generation_events(
     generation_id: str, context: Context, principal: CurrentPrincipal
 ) -> EventSourceResponse:
@@ -106,7 +122,7 @@ async def generation_events(
     return EventSourceResponse(stream(), ping=15, headers={GENERATION_ID: job.id})
 
 
-@router.delete("/v1/generation/{generation_id}")
+@router.delete("/v1/generation/{generation_id}", response_model=GenerationStatusBody)
 async def cancel_generation(
     generation_id: str, context: Context, principal: CurrentPrincipal
 ) -> JSONResponse:
