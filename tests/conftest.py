@@ -60,17 +60,37 @@ ADMIN_KEY = "test-admin-key-4d1f0c8e2b7a9d3f6e5c1b0a"
 
 
 @dataclass
+class Record:
+    organization_id: str
+    status: str  # queued, running, succeeded, failed, cancelled
+    cost: int  # micro-credits
+    error: str | None
+
+
+@dataclass
 class Books:
+    """A deployment's accounts as its database holds them."""
+
     audits: list[Any]  # localstability.store.ledger.Audit, one per organization
-    unfinished: list[tuple[str, str]]  # (generation id, status) still queued or running
+    records: dict[str, Record]  # every generation record, by id
+    moved: dict[tuple[str, str], int]  # (generation id, entry kind) -> micro-credits
 
     def assert_settled(self) -> None:
-        """Every ledger adds up and holds nothing back; no generation is left unfinished."""
+        """Every ledger adds up and holds nothing back; no generation is unfinished; each one
+        reserved its cost once and then was charged it (succeeded) or refunded it, once."""
         assert self.audits
         for audit in self.audits:
             assert audit.adds_up, audit
             assert audit.reserved == 0, audit
-        assert not self.unfinished, self.unfinished
+        for generation_id, record in self.records.items():
+            assert record.status in ("succeeded", "failed", "cancelled"), (generation_id, record)
+            if record.cost <= 0:
+                continue
+            settled = "charge" if record.status == "succeeded" else "refund"
+            unsettled = "refund" if settled == "charge" else "charge"
+            moved = {kind: self.moved.get((generation_id, kind)) for kind in ("reserve", settled)}
+            assert moved == {"reserve": record.cost, settled: record.cost}, (generation_id, record)
+            assert (generation_id, unsettled) not in self.moved, (generation_id, record)
 
 
 @dataclass
@@ -97,17 +117,28 @@ class Deployment:
         )
 
     def books(self) -> Books:
-        """Every organization's ledger audit and the generation records not yet finished."""
+        """Every organization's ledger audit, generation record and credit movement."""
+        from sqlalchemy import func, select
+
         from localstability.store import ledger
         from localstability.store.db import Database
-        from localstability.store.models import Organization
+        from localstability.store.models import Generation, LedgerEntry, Organization
 
         database = Database(self.database_url)
         try:
             with database.session() as session:
                 audits = [ledger.audit(session, o.id) for o in session.query(Organization).all()]
-                unfinished = [(g.id, g.status.value) for g in ledger.unfinished(session)]
-                return Books(audits, unfinished)
+                records = {
+                    g.id: Record(g.organization_id, g.status.value, g.cost, g.error)
+                    for g in session.query(Generation).all()
+                }
+                entry = LedgerEntry
+                moved = session.execute(
+                    select(entry.generation_id, entry.kind, func.sum(entry.amount))
+                    .where(LedgerEntry.generation_id.is_not(None))
+                    .group_by(LedgerEntry.generation_id, LedgerEntry.kind)
+                ).all()
+                return Books(audits, records, {(str(g), k.value): int(a) for g, k, a in moved})
         finally:
             database.dispose()
 
@@ -135,9 +166,17 @@ class Deployment:
 
 
 def start_deployment(
-    tiny_dir: Path, directory: Path, database: str, request: pytest.FixtureRequest, **env: str
+    tiny_dir: Path,
+    directory: Path,
+    database: str,
+    request: pytest.FixtureRequest,
+    all_engines: bool = False,
+    **env: str,
 ) -> Deployment:
-    """`localstability serve` with the tiny models on SQLite or on the session's PostgreSQL."""
+    """`localstability serve` with the tiny models on SQLite or on the session's PostgreSQL.
+
+    Unless `all_engines`, the latent upscaler's weights are missing: its jobs fail after the
+    reservation (a failure the billing tests need)."""
     directory.mkdir(parents=True, exist_ok=True)
     env = {
         "LOCALSTABILITY_DATA_DIR": str(directory / "data"),
@@ -148,9 +187,9 @@ def start_deployment(
         pg: PostgresServer = request.getfixturevalue("postgres")
         env["LOCALSTABILITY_DATABASE_URL"] = pg.create_database(directory.name.lower())
     config = directory / "localstability.toml"
-    # The latent upscaler's weights are missing here: its jobs fail after the reservation.
     text = (tiny_dir / "localstability.toml").read_text()
-    text = text.replace(str(tiny_dir / "sd-x4-upscaler"), str(directory / "missing-weights"))
+    if not all_engines:
+        text = text.replace(str(tiny_dir / "sd-x4-upscaler"), str(directory / "missing-weights"))
     config.write_text(text)
     deployment = Deployment(start_server(config, directory / "server.log", env=env), env, config)
     request.addfinalizer(lambda: deployment.server.stop())

@@ -41,7 +41,9 @@ LATENT = f"{GENERATION}/stable-diffusion-x4-latent-upscaler/image-to-image/upsca
 READ_PATHS = ["/v1/engines/list", "/v1/user/account", "/v1/user/balance"]
 JSON_TYPE = {"Content-Type": "application/json"}
 MIB = 1024 * 1024
-QUICK_S = 10.0  # "quickly": generous for a loaded 2-core machine; these take well under 1 s
+# A hang guard for raw-socket reads and the log wait (the cases take well under 1 s); the httpx
+# clients' own timeouts guard the rest. No case asserts how fast it is answered.
+QUICK_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -225,11 +227,9 @@ PROMPT_TAIL = b'"}]}'
     ],
 )
 def test_huge_json_body(client: httpx.Client, content: Any) -> None:
-    started = time.monotonic()
     response = client.post(T2I, content=content(), headers=JSON_TYPE)
     body = assert_envelope(response, 400, "bad_request")
     assert "1,048,576 bytes" in body["message"]
-    assert time.monotonic() - started < QUICK_S
 
 
 def test_json_body_just_under_the_limit_is_read(client: httpx.Client) -> None:
@@ -263,7 +263,6 @@ def multipart_chunks(total: int) -> Iterator[bytes]:
     ],
 )
 def test_huge_multipart_body(client: httpx.Client, request_kind: str, name: str) -> None:
-    started = time.monotonic()
     prompt = {"text_prompts[0][text]": "a"}
     init: Files = [("init_image", ("i.png", SMALL, "image/png"))]
     if request_kind == "32 MiB file declared":
@@ -285,7 +284,6 @@ def test_huge_multipart_body(client: httpx.Client, request_kind: str, name: str)
     else:
         response = form(client, I2I, prompt, init * 5)
     assert_envelope(response, 400, name)
-    assert time.monotonic() - started < QUICK_S
 
 
 # --- JSON that Python can't read, and other odd JSON ---------------------------------------

@@ -22,13 +22,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from localstability.testing import start_server
-from tests.conftest import ADMIN_KEY, REPO, Deployment
+from tests.conftest import ADMIN_KEY, REPO, Deployment, start_deployment
 
 LEVELS = {"ci": 10, "full": 100}
 LEVEL = os.environ.get("LOCALSTABILITY_FUZZ", "ci")
@@ -49,19 +47,20 @@ RUNS = [
 
 
 @pytest.fixture(scope="module")
-def fuzzed(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+def fuzzed(
+    tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Deployment:
     """A server of its own on every tiny engine, billing and the admin API on, rate limits off
     (the fuzzer sends hundreds of requests a minute; the limits have their own tests)."""
     directory = tmp_path_factory.mktemp("fuzz")
-    env = {
-        "LOCALSTABILITY_DATA_DIR": str(directory / "data"),
-        "LOCALSTABILITY_ADMIN_KEY": ADMIN_KEY,
-        "LOCALSTABILITY_RATE_LIMIT_REQUESTS": "0",
-    }
-    config = tiny_dir / "localstability.toml"
-    deployment = Deployment(start_server(config, directory / "server.log", env=env), env, config)
-    yield deployment
-    deployment.server.stop()
+    return start_deployment(
+        tiny_dir,
+        directory,
+        "sqlite",
+        request,
+        all_engines=True,
+        LOCALSTABILITY_RATE_LIMIT_REQUESTS="0",
+    )
 
 
 @pytest.fixture(scope="module")
