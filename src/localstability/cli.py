@@ -1,4 +1,4 @@
-"""The `localstability` command: serve, keys, models."""
+"""The `localstability` command: serve, mcp, keys, models."""
 
 from __future__ import annotations
 
@@ -55,6 +55,46 @@ def serve(
         log_config=None,
         timeout_graceful_shutdown=30,
     )
+
+
+@app.command("mcp")
+def mcp_stdio(
+    config: ConfigOption = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LOCALSTABILITY_API_KEY",
+            help="The API key whose user the tools act as and whose organization they bill. "
+            "Prefer the environment variable: arguments show in process lists.",
+            show_default=False,
+        ),
+    ] = None,
+    organization: Annotated[
+        str | None,
+        typer.Option(
+            envvar="LOCALSTABILITY_ORGANIZATION",
+            help="Bill this organization of the key's user (like the Organization header).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Serve the MCP tools over stdio, for desktop assistants (Claude Desktop, Cursor...)."""
+    import asyncio
+
+    from localstability import errors
+    from localstability.logs import configure_logging
+    from localstability.mcp.stdio import serve_stdio
+
+    if not api_key:
+        typer.echo("LOCALSTABILITY_API_KEY is not set: the API key the tools act as", err=True)
+        raise typer.Exit(2)
+    settings = _settings(config)
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        asyncio.run(serve_stdio(settings, api_key, organization))
+    except errors.ApiError as exc:
+        typer.echo(f"{exc.name}: {exc.message}", err=True)
+        raise typer.Exit(1) from None
 
 
 @keys_app.command("create")

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from localstability import __version__
@@ -22,6 +23,7 @@ from localstability.inference.devices import resolve_device, resolve_dtype
 from localstability.inference.loader import PipelineCache
 from localstability.inference.worker import InferenceWorker
 from localstability.jobs.local import LocalJobBackend
+from localstability.mcp.http import McpEndpoint
 from localstability.protocol import (
     Error,
     GenerationResponse,
@@ -69,6 +71,13 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
         ),
     )
     return context, database, worker
+
+
+async def stop_services(context: AppContext, database: Database, worker: InferenceWorker) -> None:
+    """Let generations finish (within the grace period), then stop the worker and database."""
+    await context.jobs.shutdown(context.settings.shutdown_grace_s)
+    worker.shutdown()
+    database.dispose()
 
 
 def bootstrap_key(context: AppContext) -> None:
@@ -212,6 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI application for `settings` (default: from LOCALSTABILITY_CONFIG and env)."""
     settings = settings or load_settings()
     context, database, worker = build_context(settings)
+    mcp = McpEndpoint(context)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -219,10 +229,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.bootstrap_key:
             bootstrap_key(context)
         log.info("ready", extra={"engines": [e.id for e in context.generation.engines()]})
-        yield
-        await context.jobs.shutdown(settings.shutdown_grace_s)
-        worker.shutdown()
-        database.dispose()
+        async with mcp.running():  # MCP tool calls in flight get the grace period too
+            yield
+            await stop_services(context, database, worker)
 
     app = FastAPI(
         title="localstability",
@@ -235,6 +244,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (engines.router, user.router, generation.router, jobs.router, admin.router):
         app.include_router(router)
+    # Every method (POST, GET, DELETE: Streamable HTTP); not in the REST API's OpenAPI.
+    app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))
     app.openapi = _openapi(app)  # type: ignore[method-assign]
 
     app.add_middleware(RequestLog)

@@ -55,6 +55,16 @@ def describe_validation_errors(details: list[Any]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+UNEXPECTED_MESSAGE = "An unexpected server error occurred, please try again."
+
+
+def report_unexpected(exc: Exception, **where: Any) -> str:
+    """Log an unexpected exception under a new error id, the envelope's `id`; returns it."""
+    error_id = uuid.uuid4().hex
+    log.error("unexpected server error", exc_info=exc, extra={"error_id": error_id, **where})
+    return error_id
+
+
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
@@ -100,15 +110,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        error_id = uuid.uuid4().hex
-        log.error(
-            "unexpected server error",
-            exc_info=exc,
-            extra={"error_id": error_id, "path": request.url.path},
-        )
-        return envelope(
-            500,
-            "server_error",
-            "An unexpected server error occurred, please try again.",
-            error_id=error_id,
-        )
+        error_id = report_unexpected(exc, path=request.url.path)
+        return envelope(500, "server_error", UNEXPECTED_MESSAGE, error_id=error_id)

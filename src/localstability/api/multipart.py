@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from localstability import errors
+from localstability.service.images import check_file_size
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -82,10 +83,7 @@ async def read_multipart(
                 if name not in file_fields:
                     raise errors.BadRequest(f"{name}: unexpected file part")
                 data = await value.read(max_file_bytes + 1)
-                if len(data) > max_file_bytes:
-                    raise errors.InvalidFileSize(
-                        f"{name}: the file is larger than the limit of {max_file_bytes:,} bytes"
-                    )
+                check_file_size(name, data, max_file_bytes)
                 files[name] = data
             elif name in file_fields:
                 raise errors.BadRequest(f"{name}: must be sent as a file part")

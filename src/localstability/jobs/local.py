@@ -23,7 +23,8 @@ import logging
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
@@ -60,7 +61,7 @@ class LocalJobBackend:
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
         self._admitting: dict[str, int] = {}
         self._running: list[Job] = []  # the batch on the device (or being gathered)
-        self._completing: set[asyncio.Task[None]] = set()  # encoding and charging
+        self._completing: set[asyncio.Task[Any]] = set()  # encoding and charging; cancelling
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
@@ -264,9 +265,13 @@ class LocalJobBackend:
             if job.settled:  # it left the batch when it was cancelled
                 continue
             job.settled = True
-            task = asyncio.get_running_loop().create_task(self._complete(job, images))
-            self._completing.add(task)
-            task.add_done_callback(self._completing.discard)
+            self._in_background(self._complete(job, images))
+
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` in a task of its own, which shutdown waits for."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._completing.add(task)
+        task.add_done_callback(self._completing.discard)
 
     async def _complete(self, job: Job, images: list[GeneratedImage]) -> None:
         try:
@@ -320,13 +325,21 @@ class LocalJobBackend:
         done = asyncio.ensure_future(job.done.wait())
         try:
             await asyncio.wait({gone, done}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # The waiter itself was cancelled (an MCP tool call cancelled, or its client
+            # gone): nobody takes the images, so the job goes too, in a task of its own (a
+            # cancelled task can't await the refund).
             if not job.done.is_set():
-                log.info("client went away: cancelling", extra={"generation": job.id})
-                await self.cancel(job.id, job.organization_id)
-                await job.done.wait()
+                log.info("waiter cancelled: cancelling", extra={"generation": job.id})
+                self._in_background(self.cancel(job.id, job.organization_id))
+            raise
         finally:
             gone.cancel()
             done.cancel()
+        if not job.done.is_set():
+            log.info("client went away: cancelling", extra={"generation": job.id})
+            await self.cancel(job.id, job.organization_id)
+            await job.done.wait()
         return job.result()
 
     def get(self, job_id: str, organization_id: str) -> Job | None:

@@ -19,6 +19,14 @@ def _has_accepted_signature(data: bytes) -> bool:
     )
 
 
+def check_file_size(field: str, data: bytes, max_bytes: int) -> None:
+    """An uploaded file may be at most `max_bytes` long."""
+    if len(data) > max_bytes:
+        raise errors.InvalidFileSize(
+            f"{field}: the file is larger than the limit of {max_bytes:,} bytes"
+        )
+
+
 def decode_upload(data: bytes, field: str, max_pixels: int) -> Image.Image:
     """Decode an uploaded PNG, JPEG or WebP; the part's declared content type is ignored.
 

@@ -1,0 +1,356 @@
+"""The five MCP tools, on the same services as the REST routes.
+
+Each generating tool turns its arguments into the REST request body (`TextToImageRequestBody`,
+...), has `GenerationService` check and price it, and runs the job through the job backend,
+which reserves, charges or refunds the credits: the path of the REST routes, with base64
+arguments where REST has file parts and MCP content where REST has artifacts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from mcp_types import (
+    CallToolResult,
+    ContentBlock,
+    ImageContent,
+    TextContent,
+    Tool,
+    ToolAnnotations,
+)
+from pydantic import BaseModel, ValidationError
+
+from localstability import errors
+from localstability.api.deps import AppContext
+from localstability.api.errors import (
+    UNEXPECTED_MESSAGE,
+    describe_validation_errors,
+    report_unexpected,
+)
+from localstability.engines import Task
+from localstability.jobs.base import JobSpec
+from localstability.mcp.protocol import (
+    ArtifactInfo,
+    EngineArguments,
+    GenerationResult,
+    InpaintImageArguments,
+    ListModelsArguments,
+    ModelInfo,
+    ModelList,
+    TextToImageArguments,
+    ToolArguments,
+    TransformImageArguments,
+    UpscaleImageArguments,
+)
+from localstability.protocol import (
+    Error,
+    ImageToImageRequestBody,
+    MaskingRequestBody,
+    TextToImageRequestBody,
+    UpscaleRequestBody,
+)
+from localstability.service.artifacts import Artifact
+from localstability.service.images import check_file_size
+from localstability.store.accounts import Principal
+
+log = logging.getLogger(__name__)
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validated(model: type[ModelT], payload: dict[str, Any]) -> ModelT:
+    """`payload` as `model`; invalid input is the REST API's bad_request, same message."""
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise errors.BadRequest(describe_validation_errors(list(exc.errors()))) from None
+
+
+def request_body(args: EngineArguments, body: type[ModelT]) -> ModelT:
+    """The REST request body that the tool's arguments make, validated as REST does."""
+    return validated(body, args.body_fields(body))
+
+
+def image_bytes(value: str, field: str, max_bytes: int) -> bytes:
+    """The file of a base64 image argument (or of a base64 data: URL)."""
+    if value.startswith("data:"):
+        header, _, value = value.partition(",")
+        if not header.endswith(";base64"):
+            raise errors.BadRequest(f"{field}: a data: URL must be base64-encoded")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise errors.BadRequest(f"{field}: not valid base64") from None
+    check_file_size(field, data, max_bytes)
+    return data
+
+
+def generation_result(
+    generation_id: str, engine_id: str, artifacts: list[Artifact]
+) -> CallToolResult:
+    """The images as PNG image content, then their seeds and finish reasons (also as text)."""
+    result = GenerationResult(
+        generation_id=generation_id,
+        engine_id=engine_id,
+        artifacts=[ArtifactInfo(seed=a.seed, finishReason=a.finish_reason) for a in artifacts],
+    )
+    content: list[ContentBlock] = [
+        ImageContent(data=base64.b64encode(a.png).decode("ascii"), mime_type="image/png")
+        for a in artifacts
+    ]
+    content.append(TextContent(text=result.model_dump_json()))
+    return CallToolResult(content=content, structured_content=result.model_dump(mode="json"))
+
+
+def envelope_of(exc: errors.ApiError, error_id: str | None = None) -> Error:
+    """The REST API's error envelope for `exc`: {id, name, message}."""
+    return Error(id=error_id or uuid.uuid4().hex, name=exc.name, message=exc.message)
+
+
+def error_result(exc: errors.ApiError, error_id: str | None = None) -> CallToolResult:
+    """A tool error whose text is the REST API's envelope."""
+    text = envelope_of(exc, error_id).model_dump_json()
+    return CallToolResult(content=[TextContent(text=text)], is_error=True)
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """One tool: its name, what it tells the assistant, its arguments and its use case."""
+
+    name: str
+    title: str
+    description: str
+    arguments: type[ToolArguments]
+    output: type[BaseModel]
+    run: Callable[[Principal, Any], Awaitable[CallToolResult]]
+    read_only: bool = False
+    task: Task | None = None  # the task whose engines the tool takes
+
+
+class ImageTools:
+    """The tools' use cases over one deployment's services."""
+
+    def __init__(self, context: AppContext) -> None:
+        self.context = context
+        self.specs = {
+            spec.name: spec
+            for spec in (
+                ToolSpec(
+                    "generate_image_from_text",
+                    "Generate an image from text",
+                    "Generate images from a text prompt with a Stable Diffusion engine "
+                    "(POST /v1/generation/{engine_id}/text-to-image). Returns each image as "
+                    "PNG with its seed and finish reason; costs credits.",
+                    TextToImageArguments,
+                    GenerationResult,
+                    self.generate_image_from_text,
+                    task=Task.TEXT_TO_IMAGE,
+                ),
+                ToolSpec(
+                    "transform_image",
+                    "Transform an image",
+                    "Make a new image from an init image and a text prompt "
+                    "(POST /v1/generation/{engine_id}/image-to-image); image_strength says "
+                    "how much of the init image stays. Returns PNGs with seeds; costs credits.",
+                    TransformImageArguments,
+                    GenerationResult,
+                    self.transform_image,
+                    task=Task.IMAGE_TO_IMAGE,
+                ),
+                ToolSpec(
+                    "upscale_image",
+                    "Upscale an image",
+                    "Upscale an image: twice its size, or to the width or the height given "
+                    "(aspect kept) (POST /v1/generation/{engine_id}/image-to-image/upscale). "
+                    "Returns the PNG; costs credits.",
+                    UpscaleImageArguments,
+                    GenerationResult,
+                    self.upscale_image,
+                    task=Task.UPSCALE,
+                ),
+                ToolSpec(
+                    "inpaint_image",
+                    "Inpaint an image",
+                    "Regenerate the masked part of an image from a text prompt and keep the "
+                    "rest (POST /v1/generation/{engine_id}/image-to-image/masking). mask_source "
+                    "MASK_IMAGE_WHITE or MASK_IMAGE_BLACK: mask_image marks the part; "
+                    "INIT_IMAGE_ALPHA: the transparent pixels of init_image. Returns PNGs with "
+                    "seeds; costs credits.",
+                    InpaintImageArguments,
+                    GenerationResult,
+                    self.inpaint_image,
+                    task=Task.MASKING,
+                ),
+                ToolSpec(
+                    "list_available_models",
+                    "List the available models",
+                    "The engines this server runs (GET /v1/engines/list), each with the tools "
+                    "that take it as engine_id. Free.",
+                    ListModelsArguments,
+                    ModelList,
+                    self.list_available_models,
+                    read_only=True,
+                ),
+            )
+        }
+
+    def listing(self) -> list[Tool]:
+        """The tools as tools/list shows them: input and output schemas from the models; the
+        description names the engines this deployment serves for the tool's task."""
+        tools = []
+        for spec in self.specs.values():
+            description = spec.description
+            if spec.task is not None:
+                engines = [e.id for e in self.context.generation.engines() if spec.task in e.tasks]
+                description += f" Engines: {', '.join(engines) or 'none on this server'}."
+            tools.append(
+                Tool(
+                    name=spec.name,
+                    title=spec.title,
+                    description=description,
+                    input_schema=spec.arguments.model_json_schema(),
+                    output_schema=spec.output.model_json_schema(),
+                    annotations=ToolAnnotations(
+                        title=spec.title,
+                        read_only_hint=spec.read_only,
+                        destructive_hint=False,
+                        idempotent_hint=spec.read_only,
+                        open_world_hint=False,
+                    ),
+                )
+            )
+        return tools
+
+    async def call(
+        self, name: str, arguments: dict[str, Any], principal: Callable[[], Awaitable[Principal]]
+    ) -> CallToolResult:
+        """Run tool `name` for the caller that `principal()` authenticates. Every failure
+        becomes a tool error carrying the envelope that REST would answer."""
+        spec = self.specs[name]
+        started = time.perf_counter()
+        try:
+            caller = await principal()
+            engine_id = arguments.get("engine_id")
+            if spec.task is not None and isinstance(engine_id, str):
+                # As the REST routes: an unknown engine, or one without the task, comes
+                # before anything else in the request.
+                self.context.generation.engine(engine_id, spec.task)
+            result = await spec.run(caller, validated(spec.arguments, arguments))
+            outcome = "ok"
+        except errors.ApiError as exc:
+            result, outcome = error_result(exc), exc.name
+        except Exception as exc:
+            error_id = report_unexpected(exc, tool=name)
+            unexpected = errors.ServerError(UNEXPECTED_MESSAGE)
+            result, outcome = error_result(unexpected, error_id), unexpected.name
+        log.info(
+            "tool call",
+            extra={
+                "tool": name,
+                "outcome": outcome,
+                "ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+        return result
+
+    # -- the tools -------------------------------------------------------------------------
+
+    async def generate_image_from_text(
+        self, principal: Principal, args: TextToImageArguments
+    ) -> CallToolResult:
+        body = request_body(args, TextToImageRequestBody)
+        spec = await self.context.generation.text_to_image(
+            principal, args.engine_id, body, png_response=False
+        )
+        return await self._run(spec)
+
+    async def transform_image(
+        self, principal: Principal, args: TransformImageArguments
+    ) -> CallToolResult:
+        return await self._with_images(
+            principal,
+            args,
+            ImageToImageRequestBody,
+            {"init_image": args.init_image},
+            self.context.generation.image_to_image,
+        )
+
+    async def inpaint_image(
+        self, principal: Principal, args: InpaintImageArguments
+    ) -> CallToolResult:
+        return await self._with_images(
+            principal,
+            args,
+            MaskingRequestBody,
+            {"init_image": args.init_image, "mask_image": args.mask_image},
+            self.context.generation.masking,
+        )
+
+    async def upscale_image(
+        self, principal: Principal, args: UpscaleImageArguments
+    ) -> CallToolResult:
+        return await self._with_images(
+            principal,
+            args,
+            UpscaleRequestBody,
+            {"image": args.image},
+            self.context.generation.upscale,
+        )
+
+    async def list_available_models(
+        self, _principal: Principal, _args: ListModelsArguments
+    ) -> CallToolResult:
+        models = ModelList(
+            models=[
+                ModelInfo(
+                    **engine.as_wire().model_dump(),
+                    tools=[t.name for t in self.specs.values() if t.task in engine.tasks],
+                )
+                for engine in self.context.generation.engines()
+            ]
+        )
+        return CallToolResult(
+            content=[TextContent(text=models.model_dump_json())],
+            structured_content=models.model_dump(mode="json"),
+        )
+
+    # -- shared steps ----------------------------------------------------------------------
+
+    async def _with_images(
+        self,
+        principal: Principal,
+        args: EngineArguments,
+        body: type[BaseModel],
+        images: dict[str, str | None],
+        prepare: Callable[..., Awaitable[JobSpec]],
+    ) -> CallToolResult:
+        """What the REST routes' multipart endpoints do, with base64 arguments for the file
+        parts (named as REST names them; None: not given)."""
+        files = {
+            field: image_bytes(value, field, self.context.settings.max_upload_bytes)
+            for field, value in images.items()
+            if value is not None
+        }
+        spec = await prepare(
+            principal, args.engine_id, request_body(args, body), files, png_response=False
+        )
+        return await self._run(spec)
+
+    async def _run(self, spec: JobSpec) -> CallToolResult:
+        """Submit the job (its credits reserved) and wait for its images; a call that is
+        cancelled, or whose client goes away, cancels its job (which is refunded)."""
+        job = await self.context.jobs.submit(spec)
+        artifacts = await self.context.jobs.wait(job, _forever)
+        return generation_result(job.id, spec.engine.id, artifacts)
