@@ -55,6 +55,27 @@ def postgres() -> Iterator[PostgresServer]:
     server.stop()
 
 
+def log_records(server: Server) -> list[dict[str, Any]]:
+    """The server's structured log lines (one JSON object each; other lines skipped)."""
+    records = []
+    for line in server.logs().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def assert_no_server_errors(server: Server) -> list[dict[str, Any]]:
+    """No request was answered 5xx and nothing was logged at error level; the records."""
+    records = log_records(server)
+    # Request lines carry the HTTP status as a number (job lines a word such as "succeeded").
+    answered = [r["status"] for r in records if isinstance(r.get("status"), int)]
+    assert not [status for status in answered if status >= 500], "a 5xx was answered"
+    assert not [r for r in records if r.get("level") == "ERROR"], "an error was logged"
+    return records
+
+
 DATABASES = ["sqlite", "postgresql"]
 ADMIN_KEY = "test-admin-key-4d1f0c8e2b7a9d3f6e5c1b0a"
 
