@@ -10,8 +10,10 @@ HOST ?=
 PORT ?=
 # e.g. BENCH_ARGS=--quick (a smoke check), or --only startup latency
 BENCH_ARGS ?=
+# e.g. SHAPES_ARGS="--device cuda" or --resume
+SHAPES_ARGS ?=
 
-.PHONY: serve test venv clients services lint bench
+.PHONY: serve test venv clients services lint bench shapes
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (torch first, then the package; a few minutes on a new machine)"
@@ -45,3 +47,10 @@ test: venv clients services lint
 # results in bench/results/, and the README's benchmark table rewritten from them.
 bench: venv
 	HF_HUB_OFFLINE=1 $(PY) -m bench $(BENCH_ARGS)
+
+# Retrain our own shapes model (about 85 min on 2 CPU cores) and evaluate it; copy
+# build/shapes/localstability-shapes-v1 into src/localstability/models/ to ship it.
+shapes: venv
+	$(PY) -m localstability.shapes.train --out build/shapes $(SHAPES_ARGS)
+	$(PY) -m localstability.shapes.evaluate --model build/shapes/localstability-shapes-v1 \
+		--json build/shapes/evaluation.json --grid build/shapes/grid.png

@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import Server, run_cli
 
 ENGINE_IDS = [
+    "localstability-shapes-v1",
     "stable-diffusion-v1-6",
     "stable-diffusion-512-v2-1",
     "stable-diffusion-xl-1024-v1-0",

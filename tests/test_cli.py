@@ -30,7 +30,8 @@ def test_make_tiny_writes_labelled_fixtures_and_config(tiny_dir: Path) -> None:
 def test_models_list_shows_readiness(tiny_dir: Path) -> None:
     output = run_cli("models", "list", "--config", str(tiny_dir / "localstability.toml")).stdout
     lines = {line.split()[0]: line for line in output.splitlines()}
-    assert len(lines) == 6
+    assert len(lines) == 7
+    assert "ready" in lines["localstability-shapes-v1"]
     assert "ready" in lines["stable-diffusion-v1-6"]
     assert "tiny random-weight test fixture" in lines["stable-diffusion-v1-6"]
     assert all("ready" in line for line in lines.values())
@@ -38,6 +39,8 @@ def test_models_list_shows_readiness(tiny_dir: Path) -> None:
     assert "stabilityai/stable-diffusion-xl-base-1.0" in default
     esrgan = next(line for line in default.splitlines() if line.startswith("esrgan-v1-x2plus"))
     assert "not downloaded" in esrgan
+    shapes = next(line for line in default.splitlines() if line.startswith("localstability-shapes"))
+    assert "ready" in shapes  # shipped inside the package
 
 
 def test_models_pull(tiny_dir: Path) -> None:

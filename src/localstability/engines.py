@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 
 from localstability import errors
 from localstability.protocol import Engine, EngineType
@@ -110,6 +111,24 @@ def sd16_rule(engine_id: str, width: int, height: int) -> None:
         )
 
 
+def shapes_rule(engine_id: str, width: int, height: int) -> None:
+    """The shapes model: trained at 128x128; each side between 128 and 512."""
+    _check_increments(width, height)
+    if max(width, height) > 512:
+        raise errors.InvalidHeightOrWidth(
+            f"for {engine_id} the dimensions must be between 128x128 and 512x512 (it was "
+            f"trained at 128x128), but we received {width}x{height}"
+        )
+
+
+SHAPES_ENGINE_ID = "localstability-shapes-v1"
+
+
+def shapes_model_dir() -> Path:
+    """The diffusers folder of our own shapes model, shipped inside the package."""
+    return Path(__file__).resolve().parent / "models" / SHAPES_ENGINE_ID
+
+
 def pixel_count_rule(low: int, high: int) -> SizeRule:
     """The "512 engines" rule: low <= width * height <= high."""
 
@@ -158,6 +177,20 @@ class EngineSpec:
 CATALOGUE: dict[str, EngineSpec] = {
     spec.id: spec
     for spec in (
+        EngineSpec(
+            id=SHAPES_ENGINE_ID,
+            name="localstability Shapes v1",
+            description="A small latent diffusion model of coloured shapes on plain backgrounds, "
+            "trained by localstability; ships with the package and runs offline",
+            family=Family.SD1,
+            tasks=DIFFUSION_TASKS,
+            batch_max_images=4,
+            default_source=str(shapes_model_dir()),
+            size_rule=shapes_rule,
+            default_width=128,
+            default_height=128,
+            cost_factor=0.5,
+        ),
         EngineSpec(
             id="stable-diffusion-v1-6",
             name="Stable Diffusion v1.6",

@@ -64,14 +64,20 @@ if TYPE_CHECKING:
     from transformers import CLIPTextConfig, CLIPTokenizer
 
 __all__ = [
+    "CLIP_BOS_ID",
     "CLIP_BPE_FILENAME",
+    "CLIP_EOS_ID",
+    "CLIP_EOS_TOKEN",
     "FAMILIES",
     "FIXTURE_MARKER_FILENAME",
+    "SD_SCHEDULE",
     "build_clip_tokenizer_files",
     "build_tiny_models",
     "build_tiny_pipeline",
     "find_clip_bpe_file",
     "is_tiny_fixture",
+    "make_clip_tokenizer",
+    "no_transformers_progress_bar",
 ]
 
 FAMILIES: tuple[str, ...] = ("sd1", "sd1-inpaint", "sd2", "sdxl", "sd-x4-upscaler")
@@ -92,9 +98,9 @@ _BPE_PACKAGES: tuple[str, ...] = ("open_clip", "clip")
 _CLIP_NUM_MERGES = 49152 - 256 - 2
 _CLIP_VOCAB_SIZE = 49408
 _BOS_TOKEN = "<|startoftext|>"
-_EOS_TOKEN = "<|endoftext|>"
-_BOS_ID = 49406
-_EOS_ID = 49407
+CLIP_EOS_TOKEN = "<|endoftext|>"
+CLIP_BOS_ID = 49406
+CLIP_EOS_ID = 49407
 _SD2_PAD_TOKEN = "!"
 _MAX_LENGTH = 77
 _END_OF_WORD = "</w>"
@@ -130,7 +136,7 @@ _X4_MAX_NOISE_LEVEL = 350
 # Inpainting UNet: 4 latent + 1 mask + 4 masked-image latent channels.
 _INPAINT_UNET_IN_CHANNELS = 4 + 1 + 4
 
-_SD_SCHEDULE: dict[str, Any] = {
+SD_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -244,7 +250,7 @@ def _clip_bpe_data(bpe_path: Path) -> tuple[tuple[str, ...], tuple[tuple[str, st
         *(ch + _END_OF_WORD for ch in alphabet),
         *(a + b for a, b in merges),
         _BOS_TOKEN,
-        _EOS_TOKEN,
+        CLIP_EOS_TOKEN,
     ]
     if len(tokens) != _CLIP_VOCAB_SIZE or len(set(tokens)) != _CLIP_VOCAB_SIZE:
         raise ValueError(f"{bpe_path}: the vocabulary built from it is not CLIP's")
@@ -277,16 +283,16 @@ def build_clip_tokenizer_files(dest: Path) -> None:
     )
 
 
-def _make_tokenizer(pad_token: str) -> CLIPTokenizer:
+def make_clip_tokenizer(pad_token: str) -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     vocab, merges = _clip_vocab_and_merges()
     return CLIPTokenizer(
         vocab=vocab,
         merges=merges,
-        unk_token=_EOS_TOKEN,
+        unk_token=CLIP_EOS_TOKEN,
         bos_token=_BOS_TOKEN,
-        eos_token=_EOS_TOKEN,
+        eos_token=CLIP_EOS_TOKEN,
         pad_token=pad_token,
         model_max_length=_MAX_LENGTH,
     )
@@ -320,8 +326,8 @@ def _text_config(hidden_act: str, pad_token_id: int) -> CLIPTextConfig:
         max_position_embeddings=_MAX_LENGTH,
         hidden_act=hidden_act,
         layer_norm_eps=1e-5,
-        bos_token_id=_BOS_ID,
-        eos_token_id=_EOS_ID,
+        bos_token_id=CLIP_BOS_ID,
+        eos_token_id=CLIP_EOS_ID,
         pad_token_id=pad_token_id,
     )
 
@@ -398,11 +404,11 @@ def _unet(
 def _build_sd1() -> DiffusionPipeline:
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    scheduler = PNDMScheduler(**_SD_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False)
+    scheduler = PNDMScheduler(**SD_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False)
     return StableDiffusionPipeline(
         vae=_vae(1, sample_size=512, scaling_factor=0.18215),
-        text_encoder=_text_encoder(2, "quick_gelu", pad_token_id=_EOS_ID, projection=False),
-        tokenizer=_make_tokenizer(pad_token=_EOS_TOKEN),
+        text_encoder=_text_encoder(2, "quick_gelu", pad_token_id=CLIP_EOS_ID, projection=False),
+        tokenizer=make_clip_tokenizer(pad_token=CLIP_EOS_TOKEN),
         unet=_unet(3, sample_size=64, cross_attention_dim=_TEXT_HIDDEN, attention_head_dim=4),
         scheduler=scheduler,
         safety_checker=None,
@@ -416,7 +422,7 @@ def _build_sd1_inpaint() -> DiffusionPipeline:
     from diffusers import PNDMScheduler, StableDiffusionInpaintPipeline
 
     # The sd1 components (same seeds, so the same weights) with a 9-channel UNet of its own.
-    scheduler = PNDMScheduler(**_SD_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False)
+    scheduler = PNDMScheduler(**SD_SCHEDULE, skip_prk_steps=True, set_alpha_to_one=False)
     unet = _unet(
         4,
         sample_size=64,
@@ -426,8 +432,8 @@ def _build_sd1_inpaint() -> DiffusionPipeline:
     )
     return StableDiffusionInpaintPipeline(
         vae=_vae(1, sample_size=512, scaling_factor=0.18215),
-        text_encoder=_text_encoder(2, "quick_gelu", pad_token_id=_EOS_ID, projection=False),
-        tokenizer=_make_tokenizer(pad_token=_EOS_TOKEN),
+        text_encoder=_text_encoder(2, "quick_gelu", pad_token_id=CLIP_EOS_ID, projection=False),
+        tokenizer=make_clip_tokenizer(pad_token=CLIP_EOS_TOKEN),
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
@@ -440,7 +446,7 @@ def _build_sd1_inpaint() -> DiffusionPipeline:
 def _build_sd2() -> DiffusionPipeline:
     from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
 
-    scheduler = EulerDiscreteScheduler(**_SD_SCHEDULE, prediction_type="v_prediction")
+    scheduler = EulerDiscreteScheduler(**SD_SCHEDULE, prediction_type="v_prediction")
     unet = _unet(
         13,
         sample_size=64,
@@ -452,7 +458,7 @@ def _build_sd2() -> DiffusionPipeline:
     return StableDiffusionPipeline(
         vae=_vae(11, sample_size=512, scaling_factor=0.18215),
         text_encoder=_text_encoder(12, "gelu", pad_token_id=0, projection=False),
-        tokenizer=_make_tokenizer(pad_token=_SD2_PAD_TOKEN),
+        tokenizer=make_clip_tokenizer(pad_token=_SD2_PAD_TOKEN),
         unet=unet,
         scheduler=scheduler,
         safety_checker=None,
@@ -466,7 +472,7 @@ def _build_sdxl() -> DiffusionPipeline:
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     scheduler = EulerDiscreteScheduler(
-        **_SD_SCHEDULE,
+        **SD_SCHEDULE,
         prediction_type="epsilon",
         interpolation_type="linear",
         use_karras_sigmas=False,
@@ -488,10 +494,10 @@ def _build_sdxl() -> DiffusionPipeline:
     )
     return StableDiffusionXLPipeline(
         vae=_vae(21, sample_size=1024, scaling_factor=0.13025),
-        text_encoder=_text_encoder(22, "quick_gelu", pad_token_id=_EOS_ID, projection=False),
+        text_encoder=_text_encoder(22, "quick_gelu", pad_token_id=CLIP_EOS_ID, projection=False),
         text_encoder_2=_text_encoder(23, "gelu", pad_token_id=0, projection=True),
-        tokenizer=_make_tokenizer(pad_token=_EOS_TOKEN),
-        tokenizer_2=_make_tokenizer(pad_token=_SD2_PAD_TOKEN),
+        tokenizer=make_clip_tokenizer(pad_token=CLIP_EOS_TOKEN),
+        tokenizer_2=make_clip_tokenizer(pad_token=_SD2_PAD_TOKEN),
         unet=unet,
         scheduler=scheduler,
         image_encoder=None,
@@ -507,7 +513,7 @@ def _build_sd_x4_upscaler() -> DiffusionPipeline:
     # noises the low-resolution image (to the requested noise_level) before it is concatenated
     # to the latents; it never steps.
     scheduler = DDIMScheduler(
-        **_SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, prediction_type="v_prediction"
+        **SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False, prediction_type="v_prediction"
     )
     low_res_scheduler = DDPMScheduler(
         num_train_timesteps=1000,
@@ -535,7 +541,7 @@ def _build_sd_x4_upscaler() -> DiffusionPipeline:
     return StableDiffusionUpscalePipeline(
         vae=_vae(31, sample_size=256, scaling_factor=_X4_LATENT_SCALING, blocks=_X4_VAE_BLOCKS),
         text_encoder=_text_encoder(32, "gelu", pad_token_id=0, projection=False),
-        tokenizer=_make_tokenizer(pad_token=_SD2_PAD_TOKEN),
+        tokenizer=make_clip_tokenizer(pad_token=_SD2_PAD_TOKEN),
         unet=unet,
         low_res_scheduler=low_res_scheduler,
         scheduler=scheduler,
@@ -566,7 +572,7 @@ def is_tiny_fixture(folder: Path) -> bool:
 
 
 @contextmanager
-def _no_transformers_progress_bar() -> Iterator[None]:
+def no_transformers_progress_bar() -> Iterator[None]:
     """Silence transformers' "Writing model shards" bar while saving, then restore it."""
     from transformers.utils import logging as hf_logging
 
@@ -580,7 +586,7 @@ def _no_transformers_progress_bar() -> Iterator[None]:
 
 
 def _write_folder(family: str, pipe: DiffusionPipeline, folder: Path) -> None:
-    with _no_transformers_progress_bar():
+    with no_transformers_progress_bar():
         pipe.save_pretrained(folder, safe_serialization=True)
     # transformers 5 saves only tokenizer.json + tokenizer_config.json; also write the
     # classic vocab.json + merges.txt so that any CLIP tokenizer class can load the folder.

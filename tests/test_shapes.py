@@ -1,0 +1,181 @@
+"""Our own shapes model, localstability-shapes-v1: its scenes, its detector, and the shipped
+weights served over HTTP (the prompt decides the colour, shape and place of what is drawn)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from localstability.engines import SHAPES_ENGINE_ID, shapes_model_dir
+from localstability.shapes import scenes
+from localstability.shapes.detect import detect
+from tests.helpers import artifact_image, encode, pixels, prompt_fields
+from tests.test_accounts_engines import assert_envelope
+
+BASE = f"/v1/generation/{SHAPES_ENGINE_ID}"
+
+
+def test_the_weights_ship_inside_the_package() -> None:
+    folder = shapes_model_dir()
+    assert (folder / "model_index.json").is_file()
+    weights = list(folder.rglob("*.safetensors"))
+    assert {w.parent.name for w in weights} == {"unet", "vae", "text_encoder"}
+    assert sum(w.stat().st_size for w in weights) < 25 * 2**20
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.ckpt"))
+
+
+def test_captions_say_what_the_scene_holds() -> None:
+    scene = scenes.Scene("circle", "orange", "large", "blue", 1, "top left")
+    assert scene.caption() == "a large orange circle at the top left on a blue background"
+    assert (
+        scene.caption(with_size=False, with_background=False) == "an orange circle at the top left"
+    )
+    crowd = scenes.Scene("triangle", "red", "small", "white", 3)
+    assert crowd.caption() == "three small red triangles on a white background"
+    held = scenes.evaluation_scenes(50)
+    assert all(scenes.held_out(s) for s in held)
+    rng = random.Random(3)
+    assert not any(scenes.held_out(scenes.training_scene(rng)) for _ in range(500))
+
+
+def test_the_detector_reads_rendered_scenes_back() -> None:
+    rng = random.Random(11)
+    for _ in range(150):
+        scene = scenes.random_scene(rng, single=True)
+        found = detect(scenes.render(scene, rng))
+        assert (found.shape, found.colour, found.size, found.position, found.background) == (
+            scene.shape,
+            scene.colour,
+            scene.size,
+            scene.position,
+            scene.background,
+        ), scene
+    # Two or three shapes apart from each other are counted.
+    crowd = scenes.Scene("circle", "green", "small", "black", 3)
+    assert detect(scenes.render(crowd, random.Random(2))).count == 3
+    assert detect(Image.new("RGB", (128, 128), scenes.COLOURS["gray"])).count == 0
+
+
+def generate(client: httpx.Client, prompt: str, seed: int, **fields: Any) -> Image.Image:
+    body = {"text_prompts": [{"text": prompt}], "seed": seed, "steps": 30, **fields}
+    response = client.post(f"{BASE}/text-to-image", json=body)
+    assert response.status_code == 200, response.text
+    return artifact_image(response.json()["artifacts"][0])
+
+
+@pytest.mark.parametrize(
+    ("prompt", "colour", "background"),
+    [
+        ("a large red circle at the top left on a white background", "red", "white"),
+        ("a large blue square at the bottom right on a black background", "blue", "black"),
+        ("a large yellow triangle in the center on a purple background", "yellow", "purple"),
+    ],
+)
+def test_the_prompt_decides_the_colours(
+    client: httpx.Client, prompt: str, colour: str, background: str
+) -> None:
+    # Three seeds each; the model is small (68 % on shape colours over 200 held-out captions),
+    # so two of three must have the shape's colour right, and all three the background.
+    # Places are not checked: v1 does not follow them yet (docs/shapes-model.md).
+    found = [detect(generate(client, prompt, seed)) for seed in (1, 2, 3)]
+    assert all(f.background == background for f in found), found
+    assert sum(f.colour == colour for f in found) >= 2, found
+
+
+def test_defaults_and_sizes(client: httpx.Client) -> None:
+    response = client.post(
+        f"{BASE}/text-to-image",
+        json={"text_prompts": [{"text": "a small green square"}], "steps": 10},
+    )
+    assert response.status_code == 200, response.text
+    assert artifact_image(response.json()["artifacts"][0]).size == (128, 128)
+    wide = generate(client, "a red circle", 4, width=256, height=128, steps=10)
+    assert wide.size == (256, 128)
+    too_big = client.post(
+        f"{BASE}/text-to-image",
+        json={"text_prompts": [{"text": "a red circle"}], "width": 576, "height": 128},
+    )
+    assert_envelope(too_big, 400, "invalid_height_or_width")
+
+
+def test_image_to_image_and_masking_follow_the_prompt(client: httpx.Client) -> None:
+    rng = random.Random(5)
+    init = scenes.render(scenes.Scene("square", "green", "large", "white", 1, "top left"), rng)
+    response = client.post(
+        f"{BASE}/image-to-image",
+        data={
+            **prompt_fields(("a large green square at the top left on a black background", 1)),
+            "image_strength": "0.3",
+            "seed": "1",
+        },
+        files={"init_image": ("init.png", encode(init), "image/png")},
+    )
+    assert response.status_code == 200, response.text
+    # The init image keeps the shape and its place; the prompt turns the background black.
+    changed = detect(artifact_image(response.json()["artifacts"][0]))
+    assert (changed.shape, changed.position, changed.background) == ("square", "top left", "black")
+    # Masking: repaint the right half only; the left half stays. (What the model paints there
+    # follows the kept half's white background more than the prompt: not checked.)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[:, 64:] = 255
+    response = client.post(
+        f"{BASE}/image-to-image/masking",
+        data={
+            **prompt_fields(("a small red circle on a black background", 1)),
+            "mask_source": "MASK_IMAGE_WHITE",
+            "seed": "2",
+        },
+        files={
+            "init_image": ("init.png", encode(init), "image/png"),
+            "mask_image": ("mask.png", encode(Image.fromarray(mask, "L")), "image/png"),
+        },
+    )
+    assert response.status_code == 200, response.text
+    painted = artifact_image(response.json()["artifacts"][0])
+    kept = np.abs(pixels(painted)[:, :56] - pixels(init)[:, :56]).mean()
+    assert kept < 12, kept
+    assert painted.size == (128, 128)
+
+
+def test_the_training_script_runs_end_to_end(tmp_path: Path) -> None:
+    """The real script, cut to a few steps: it must leave a folder diffusers loads as is."""
+    import json
+    import subprocess
+    import sys
+
+    from diffusers import StableDiffusionPipeline
+
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "localstability.shapes.train",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--vae-steps",
+            "2",
+            "--unet-steps",
+            "2",
+            "--dataset-size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "[unet] 2/2" in run.stdout and "[done]" in run.stdout
+    report = json.loads((tmp_path / "training.json").read_text())
+    assert report["recipe"]["unet_steps"] == 2 and report["bytes"] > 0
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / SHAPES_ENGINE_ID))
+    assert pipe.vae.config.scaling_factor != 0.18215  # set from the latents' spread
+    assert not (tmp_path / SHAPES_ENGINE_ID / "tokenizer" / "tokenizer.json").exists()
