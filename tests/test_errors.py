@@ -201,7 +201,7 @@ def test_disabled_engine_is_not_listed_and_not_found(tmp_path: Path) -> None:
         headers = {"Authorization": f"Bearer {key}"}
         listed = [e["id"] for e in app_client.get("/v1/engines/list", headers=headers).json()]
         assert "stable-diffusion-512-v2-1" not in listed
-        assert len(listed) == 5
+        assert len(listed) == 6
         response = app_client.post(SD2, json=t2i_body(), headers=headers)
         assert_envelope(response, 404, "not_found")
 

@@ -56,8 +56,9 @@ def test_sd16_side_bounds() -> None:
         engine.check_size(256, 512)
 
 
-def test_catalogue_has_the_six_spec_engines() -> None:
+def test_catalogue_has_the_six_spec_engines_and_ours() -> None:
     assert set(CATALOGUE) == {
+        "localstability-shapes-v1",
         "stable-diffusion-xl-1024-v1-0",
         "stable-diffusion-v1-6",
         "stable-diffusion-xl-beta-v2-2-2",
@@ -65,6 +66,13 @@ def test_catalogue_has_the_six_spec_engines() -> None:
         "esrgan-v1-x2plus",
         "stable-diffusion-x4-latent-upscaler",
     }
+
+
+def test_shapes_side_bounds() -> None:
+    engine = get_engine("localstability-shapes-v1")
+    engine.check_size(128, 512)
+    with pytest.raises(errors.InvalidHeightOrWidth):
+        engine.check_size(576, 128)
 
 
 def _raises(check: object, width: int, height: int) -> bool:
