@@ -212,17 +212,12 @@ def _shape_weights(images: Any, weight: float) -> Any:
     The shapes are a few per cent of the pixels; without this the autoencoder learns the
     backgrounds and smears the shapes' colours.
     """
-    edges = _top_and_bottom_rows(images)
+    import torch
+
+    edges = torch.cat([images[:, :, 0, :], images[:, :, -1, :]], dim=2)  # top and bottom rows
     background = edges.median(dim=2).values[:, :, None, None]
     on_shape = ((images - background).abs().sum(dim=1, keepdim=True) > 0.3).float()
     return 1 + (weight - 1) * on_shape
-
-
-def _top_and_bottom_rows(images: Any) -> Any:
-    """The top and bottom rows of each image, (N, C, 2W)."""
-    import torch
-
-    return torch.cat([images[:, :, 0, :], images[:, :, -1, :]], dim=2)
 
 
 def _colour_check(vae: Any, count: int = 48) -> float:
@@ -251,8 +246,7 @@ def _colour_check(vae: Any, count: int = 48) -> float:
 @dataclass
 class Dataset:
     scenes: list[scenes.Scene]
-    latents: Any  # float32 tensor (N, 4, 16, 16), already multiplied by the scaling factor
-    scaling_factor: float
+    latents: Any  # float32 tensor (N, 4, 16, 16), already multiplied by the VAE's scaling_factor
 
 
 def encode_dataset(recipe: Recipe, vae: Any, device: str) -> Dataset:
@@ -274,7 +268,7 @@ def encode_dataset(recipe: Recipe, vae: Any, device: str) -> Dataset:
     scaling = float(1.0 / stacked.std())
     vae.register_to_config(scaling_factor=scaling)
     print(f"[encode] latent std {stacked.std():.4f} -> scaling_factor {scaling:.4f}", flush=True)
-    return Dataset(chosen, stacked * scaling, scaling)
+    return Dataset(chosen, stacked * scaling)
 
 
 def _multiscale(noise: Any, weights: tuple[float, ...]) -> Any:
