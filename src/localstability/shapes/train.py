@@ -60,7 +60,7 @@ class Recipe:
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6
     dataset_size: int = 24_000
-    unet_steps: int = 2500
+    unet_steps: int = 3500
     batch: int = 64
     lr: float = 5e-4
     warmup: int = 100
@@ -72,6 +72,12 @@ class Recipe:
     # with these weights, rescaled to unit variance; see _multiscale.
     multiscale_noise_from: int = 1250
     multiscale_noise: tuple[float, ...] = (0.6, 0.5, 0.4, 0.3)
+    # The shipped run was planned for `first_plan` steps and extended at `extended_from`: from
+    # there the learning rate's cosine spans the whole run (a warm restart) and the coarse
+    # noise takes `extended_noise`, stronger at 2x2 and 4x4, the scale of a shape's place.
+    first_plan: int = 2500
+    extended_from: int = 2250
+    extended_noise: tuple[float, ...] = (0.6, 0.7, 0.7, 0.3)
     text_hidden: int = 64
     text_layers: int = 3
     unet_blocks: tuple[int, ...] = (64, 128, 128)
@@ -169,6 +175,11 @@ def _lr_at(step: int, total: int, warmup: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def _denoiser_lr_at(step: int, recipe: Recipe) -> float:
+    planned = recipe.unet_steps > recipe.first_plan and step <= recipe.extended_from
+    return _lr_at(step, recipe.first_plan if planned else recipe.unet_steps, recipe.warmup)
+
+
 def _image_batches(rng: random.Random, batch: int) -> Iterator[Any]:
     import torch
 
@@ -200,7 +211,7 @@ def train_vae(recipe: Recipe, device: str) -> Any:
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        progress.step(step + 1, float(loss))
+        progress.step(step + 1, loss.item())
         if (step + 1) % 250 == 0 or step + 1 == recipe.vae_steps:
             print(f"[vae] shape colours read back right: {_colour_check(vae):.0%}", flush=True)
     return vae.eval()
@@ -322,9 +333,7 @@ def train_denoiser(
     unet = build_unet(recipe).to(device).train()
     params = [*text_encoder.parameters(), *unet.parameters()]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_at(s, recipe.unet_steps, recipe.warmup)
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _denoiser_lr_at(s, recipe))
     ema = EMAModel(
         params,
         decay=recipe.ema_max_decay,
@@ -356,7 +365,9 @@ def train_denoiser(
         ]
         latents = latents_all[index]
         noise = torch.randn_like(latents)
-        if step >= recipe.multiscale_noise_from:
+        if step >= recipe.extended_from:
+            noise = _multiscale(noise, recipe.extended_noise)
+        elif step >= recipe.multiscale_noise_from:
             noise = _multiscale(noise, recipe.multiscale_noise)
         timesteps = torch.randint(0, 1000, (recipe.batch,), device=device)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
@@ -371,7 +382,7 @@ def train_denoiser(
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         ema.step(params)
-        progress.step(step + 1, float(loss), first)
+        progress.step(step + 1, loss.item(), first)
         if (step + 1) % save_every == 0 and step + 1 < recipe.unet_steps:
             torch.save(
                 {
@@ -406,6 +417,9 @@ def save_pipeline(vae: Any, text_encoder: Any, unet: Any, tokenizer: Any, dest: 
         feature_extractor=None,
         requires_safety_checker=False,
     )
+    # As in SD 1's own config: samplers that would clip the predicted latents to [-1, 1]
+    # (DDIM's default) must not; ours have unit spread, so clipping grays the picture.
+    pipe.scheduler.register_to_config(clip_sample=False)
     pipe.to(torch.float16)
     tmp = dest.parent / f".{dest.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
