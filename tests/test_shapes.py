@@ -201,3 +201,29 @@ def test_the_training_script_runs_end_to_end(tmp_path: Path) -> None:
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / SHAPES_ENGINE_ID))
     assert pipe.vae.config.scaling_factor != 0.18215  # set from the latents' spread
     assert not (tmp_path / SHAPES_ENGINE_ID / "tokenizer" / "tokenizer.json").exists()
+
+
+def test_the_evaluation_scores_and_measures_the_text_encoder(tmp_path: Path) -> None:
+    """The evaluation CLI, cut to two captions: its report and its grid."""
+    import json
+
+    from localstability.shapes import evaluate
+
+    report_file, grid_file = tmp_path / "evaluation.json", tmp_path / "grid.png"
+    evaluate.main(
+        ["--captions", "2", "--steps", "4", "--json", str(report_file), "--grid", str(grid_file)]
+    )
+    report = json.loads(report_file.read_text())
+    assert report["captions"] == 2 and len(report["samples"]) == 2
+    assert set(report["scores"]) == set(evaluate.ATTRIBUTES)
+    assert all(0 <= s <= 1 for s in report["scores"].values())
+    # Captions that differ in one word are encoded apart, and the words the shipped model
+    # follows best (backgrounds) furthest apart.
+    apart = report["text_separation"]
+    assert set(apart) == set(evaluate.ATTRIBUTES) and min(apart.values()) > 0
+    assert apart["background"] == max(apart.values())
+    # The first step's picture for the nine place words: the grid's own spread is the scale.
+    places = report["first_step_places"]
+    assert places["grid_spread_px"] == pytest.approx(34.34, abs=0.01)
+    assert 0 <= places["spread_px"] < scenes.IMAGE_SIZE
+    assert Image.open(grid_file).size[0] > 2 * scenes.IMAGE_SIZE

@@ -5,6 +5,16 @@ background") is generated once, with its own seed, by the standard StableDiffusi
 with the API's defaults (30 steps, guidance 7, K_DPMPP_2M). The detector reads the picture
 back; the score of an attribute is how often it matches the caption.
 
+It also measures how far apart the text encoder holds the words of each attribute: for a few
+held-out scenes, the captions that differ in that attribute alone are encoded and their mean
+distance taken, relative to the outputs' size. A model cannot draw what its text encoder does
+not tell apart.
+
+And it measures where the layout comes from: at the sampler's first step, from one noise, the
+clean picture the model predicts for each of the nine place words. If the place words move
+the shape there, the spread of its centre matches the grid's; if the spread is near zero, the
+place is read from the starting noise (the seed), whatever the prompt says.
+
     python -m localstability.shapes.evaluate [--model FOLDER] [--json FILE] [--grid FILE]
 """
 
@@ -14,7 +24,7 @@ import argparse
 import json
 import textwrap
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +63,103 @@ def generate(pipe: Any, caption: str, seed: int, steps: int = 30, guidance: floa
     ).images[0]
 
 
+def _values(scene: scenes.Scene, attribute: str) -> list[str]:
+    if attribute == "colour":
+        return [c for c in scenes.COLOURS if c != scene.background]
+    if attribute == "background":
+        return [c for c in scenes.COLOURS if c != scene.colour]
+    return list(
+        {"shape": scenes.SHAPES, "size": scenes.SIZES, "position": scenes.POSITIONS}[attribute]
+    )
+
+
+def text_separation(pipe: Any, count: int = 8) -> dict[str, float]:
+    """Per attribute: mean distance between the encoded captions that differ in it alone,
+    over the mean size of an encoding (all 77 token outputs, flattened)."""
+    import torch
+
+    found: dict[str, float] = {}
+    for attribute in ATTRIBUTES:
+        ratios = []
+        for scene in scenes.evaluation_scenes(count):
+            captions = [
+                replace(scene, **{attribute: value}).caption()  # type: ignore[arg-type]
+                for value in _values(scene, attribute)
+            ]
+            ids = pipe.tokenizer(
+                captions,
+                padding="max_length",
+                max_length=pipe.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            with torch.no_grad():
+                flat = pipe.text_encoder(ids).last_hidden_state.flatten(1).float()
+            pairs = len(captions) * (len(captions) - 1)
+            ratios.append(float(torch.cdist(flat, flat).sum() / pairs / flat.norm(dim=1).mean()))
+        found[attribute] = round(sum(ratios) / len(ratios), 4)
+    return found
+
+
+def _centre(image: Any) -> Any:
+    """Centre of mass, in pixels, of where a decoded picture differs from its border."""
+    import numpy as np
+
+    pixels = np.asarray(image, dtype=np.float32)
+    border = np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]), 0)
+    weight = np.abs(pixels - border).sum(axis=-1)
+    rows, columns = np.mgrid[: weight.shape[0], : weight.shape[1]]
+    total = max(float(weight.sum()), 1e-6)
+    return np.array([(weight * columns).sum() / total, (weight * rows).sum() / total])
+
+
+def first_step_places(pipe: Any, count: int = 4, guidance: float = 7.0) -> dict[str, float]:
+    """How far the nine place words spread the shape in the first step's predicted picture.
+
+    For `count` held-out scenes, each with its own noise: the mean distance (pixels) of the
+    nine predicted centres from their mean, and the same for the grid's own centres.
+    """
+    import numpy as np
+    import torch
+
+    scheduler = pipe.scheduler
+    scheduler.set_timesteps(30)
+    step = scheduler.timesteps[0]
+    alpha = scheduler.alphas_cumprod[int(step)]
+    v_prediction = scheduler.config.prediction_type == "v_prediction"
+    # The API's default sampler (DPM-Solver++) works on unscaled latents: x_t is the noise.
+    if scheduler.init_noise_sigma != 1:
+        raise ValueError(f"{type(scheduler).__name__} scales its latents; use DPM-Solver++")
+    side = scenes.IMAGE_SIZE
+    grid = np.array(
+        [[(c + 1) * side / 4, (r + 1) * side / 4] for c, r in scenes.POSITIONS.values()]
+    )
+    spreads = []
+    for seed, scene in enumerate(scenes.evaluation_scenes(count)):
+        captions = [replace(scene, position=place).caption() for place in scenes.POSITIONS]
+        generator = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn((1, 4, side // 8, side // 8), generator=generator)
+        with torch.no_grad():
+            text, empty = pipe.encode_prompt(captions, "cpu", 1, True, None)
+            latents = noise.expand(len(captions), -1, -1, -1)
+            out = pipe.unet(torch.cat([latents, latents]), step, torch.cat([empty, text])).sample
+            unguided, guided = out.chunk(2)
+            out = unguided + guidance * (guided - unguided)
+            if v_prediction:
+                clean = alpha.sqrt() * latents - (1 - alpha).sqrt() * out
+            else:
+                clean = (latents - (1 - alpha).sqrt() * out) / alpha.sqrt()
+            decoded = pipe.vae.decode(clean / pipe.vae.config.scaling_factor).sample
+        images = ((decoded.clamp(-1, 1).permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.uint8)
+        centres = np.stack([_centre(i) for i in images])
+        spreads.append(float(np.linalg.norm(centres - centres.mean(0), axis=1).mean()))
+    expected = float(np.linalg.norm(grid - grid.mean(0), axis=1).mean())
+    return {
+        "spread_px": round(sum(spreads) / len(spreads), 2),
+        "grid_spread_px": round(expected, 2),
+    }
+
+
 def evaluate(pipe: Any, count: int, steps: int = 30) -> tuple[dict[str, Any], list[Any]]:
     """Generate `count` held-out scenes; return the scores and the images."""
     started = time.monotonic()
@@ -68,7 +175,7 @@ def evaluate(pipe: Any, count: int, steps: int = 30) -> tuple[dict[str, Any], li
         samples.append({"caption": caption, "seed": i, "detected": asdict(found)})
         images.append(image)
     scores = {attribute: hits[attribute] / count for attribute in ATTRIBUTES}
-    report = {
+    report: dict[str, Any] = {
         "captions": count,
         "steps": steps,
         "guidance": 7.0,
@@ -76,6 +183,8 @@ def evaluate(pipe: Any, count: int, steps: int = 30) -> tuple[dict[str, Any], li
         "targets": TARGETS,
         "meets_targets": all(scores[a] >= t for a, t in TARGETS.items()),
         "seconds": round(time.monotonic() - started, 1),
+        "text_separation": text_separation(pipe),
+        "first_step_places": first_step_places(pipe),
         "samples": samples,
     }
     return report, images
@@ -112,6 +221,13 @@ def main(argv: list[str] | None = None) -> None:
     report, images = evaluate(load(args.model), args.captions, args.steps)
     summary = ", ".join(f"{a} {s:.1%}" for a, s in report["scores"].items())
     print(f"{args.captions} held-out captions: {summary} ({report['seconds']} s)")
+    apart = ", ".join(f"{a} {d:.3f}" for a, d in report["text_separation"].items())
+    print(f"text encoder, captions apart by attribute: {apart}")
+    places = report["first_step_places"]
+    print(
+        f"first step: the place words spread the shape {places['spread_px']} px "
+        f"(the grid's places: {places['grid_spread_px']} px)"
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.grid:
