@@ -76,12 +76,9 @@ def _third(fraction: float) -> int:
     return 0 if fraction < 0.375 else 2 if fraction > 0.625 else 1
 
 
-def detect(image: Image.Image) -> Detection:
-    """Read the scene in `image` (any square size; judged as if it were 128 px)."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    side = pixels.shape[0]
-    scale = side / scenes.IMAGE_SIZE
-    border = max(1, round(_BORDER * scale))
+def border_colour(pixels: np.ndarray) -> np.ndarray:
+    """The median RGB of the picture's frame (float pixels, height x width x 3)."""
+    border = max(1, round(_BORDER * pixels.shape[0] / scenes.IMAGE_SIZE))
     frame = np.concatenate(
         [
             pixels[:border].reshape(-1, 3),
@@ -90,7 +87,15 @@ def detect(image: Image.Image) -> Detection:
             pixels[:, -border:].reshape(-1, 3),
         ]
     )
-    background_rgb = np.median(frame, axis=0)
+    return np.median(frame, axis=0)
+
+
+def detect(image: Image.Image) -> Detection:
+    """Read the scene in `image` (any square size; judged as if it were 128 px)."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    side = pixels.shape[0]
+    scale = side / scenes.IMAGE_SIZE
+    background_rgb = border_colour(pixels)
     background = nearest_colour(background_rgb)
     distance = np.sqrt(((pixels - background_rgb) ** 2).sum(axis=2))
     foreground = ndimage.binary_opening(distance > _FOREGROUND_DISTANCE, iterations=1)

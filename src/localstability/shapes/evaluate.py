@@ -31,7 +31,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 from localstability.shapes import scenes
-from localstability.shapes.detect import detect
+from localstability.shapes.detect import border_colour, detect
 
 ATTRIBUTES = ("colour", "shape", "position", "size", "background")
 TARGETS = {"colour": 0.8, "shape": 0.6}
@@ -86,15 +86,9 @@ def text_separation(pipe: Any, count: int = 8) -> dict[str, float]:
                 replace(scene, **{attribute: value}).caption()  # type: ignore[arg-type]
                 for value in _values(scene, attribute)
             ]
-            ids = pipe.tokenizer(
-                captions,
-                padding="max_length",
-                max_length=pipe.tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
             with torch.no_grad():
-                flat = pipe.text_encoder(ids).last_hidden_state.flatten(1).float()
+                encoded, _ = pipe.encode_prompt(captions, "cpu", 1, False)
+            flat = encoded.flatten(1).float()
             pairs = len(captions) * (len(captions) - 1)
             ratios.append(float(torch.cdist(flat, flat).sum() / pairs / flat.norm(dim=1).mean()))
         found[attribute] = round(sum(ratios) / len(ratios), 4)
@@ -106,8 +100,7 @@ def _centre(image: Any) -> Any:
     import numpy as np
 
     pixels = np.asarray(image, dtype=np.float32)
-    border = np.median(np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]), 0)
-    weight = np.abs(pixels - border).sum(axis=-1)
+    weight = np.abs(pixels - border_colour(pixels)).sum(axis=-1)
     rows, columns = np.mgrid[: weight.shape[0], : weight.shape[1]]
     total = max(float(weight.sum()), 1e-6)
     return np.array([(weight * columns).sum() / total, (weight * rows).sum() / total])
@@ -131,9 +124,8 @@ def first_step_places(pipe: Any, count: int = 4, guidance: float = 7.0) -> dict[
     if scheduler.init_noise_sigma != 1:
         raise ValueError(f"{type(scheduler).__name__} scales its latents; use DPM-Solver++")
     side = scenes.IMAGE_SIZE
-    grid = np.array(
-        [[(c + 1) * side / 4, (r + 1) * side / 4] for c, r in scenes.POSITIONS.values()]
-    )
+    centre = scenes.GRID_CENTRES
+    grid = np.array([[centre[c] * side, centre[r] * side] for c, r in scenes.POSITIONS.values()])
     spreads = []
     for seed, scene in enumerate(scenes.evaluation_scenes(count)):
         captions = [replace(scene, position=place).caption() for place in scenes.POSITIONS]

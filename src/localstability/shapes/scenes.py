@@ -46,7 +46,7 @@ POSITIONS: dict[str, tuple[int, int]] = {
     "bottom right": (2, 2),
 }
 COUNT_WORDS: dict[int, str] = {1: "a", 2: "two", 3: "three"}
-_GRID_CENTRES = (0.25, 0.5, 0.75)  # of the image side
+GRID_CENTRES = (0.25, 0.5, 0.75)  # of the image side
 _JITTER = 0.04  # of the image side, either way
 _POSITION_PHRASES: dict[str, str] = {
     "center": "in the center",
@@ -155,8 +155,8 @@ def _centres(scene: Scene, rng: random.Random, side: float) -> list[tuple[float,
         column, row = POSITIONS[scene.position]
         return [
             (
-                (_GRID_CENTRES[column] + rng.uniform(-_JITTER, _JITTER)) * side,
-                (_GRID_CENTRES[row] + rng.uniform(-_JITTER, _JITTER)) * side,
+                (GRID_CENTRES[column] + rng.uniform(-_JITTER, _JITTER)) * side,
+                (GRID_CENTRES[row] + rng.uniform(-_JITTER, _JITTER)) * side,
             )
         ]
     extent = SIZES[scene.size] / IMAGE_SIZE * side
