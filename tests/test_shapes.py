@@ -225,5 +225,73 @@ def test_the_evaluation_scores_and_measures_the_text_encoder(tmp_path: Path) -> 
     # The first step's picture for the nine place words: the grid's own spread is the scale.
     places = report["first_step_places"]
     assert places["grid_spread_px"] == pytest.approx(34.34, abs=0.01)
-    assert 0 <= places["spread_px"] < scenes.IMAGE_SIZE
+    assert 0 <= places["spread_px"] < scenes.IMAGE_SIZE and -2 < places["alignment"] < 2
     assert Image.open(grid_file).size[0] > 2 * scenes.IMAGE_SIZE
+
+
+def test_place_spread_matches_the_grid_when_the_places_are_drawn() -> None:
+    """The place measurement: pictures drawn at the nine places spread like the grid; one
+    picture for all nine words does not spread at all."""
+    from dataclasses import replace
+
+    import torch
+    from diffusers import AutoencoderKL
+
+    from localstability.shapes import evaluate
+
+    vae = AutoencoderKL.from_pretrained(shapes_model_dir() / "vae", dtype=torch.float32)
+    rng = random.Random(3)
+    template = scenes.Scene("circle", "red", "large", "blue")
+
+    def encode_scenes(chosen: list[scenes.Scene]) -> Any:
+        arrays = np.stack([scenes.to_array(scenes.render(s, rng)) for s in chosen])
+        with torch.no_grad():
+            latents = vae.encode(torch.from_numpy(arrays)).latent_dist.mean
+        return latents * vae.config.scaling_factor
+
+    def drawn(noise: Any, captions: list[str]) -> Any:
+        return encode_scenes([replace(template, position=_place_of(c)) for c in captions])
+
+    def one_picture(noise: Any, captions: list[str]) -> Any:
+        picture = encode_scenes([replace(template, position="center")])
+        return picture.expand(len(captions), -1, -1, -1)
+
+    right = evaluate.place_spread(drawn, vae)
+    assert right["grid_spread_px"] == evaluate.grid_spread() == pytest.approx(34.34, abs=0.01)
+    assert right["spread_px"] == pytest.approx(right["grid_spread_px"], rel=0.1)
+    assert right["alignment"] == pytest.approx(1, abs=0.1)
+    still = evaluate.place_spread(one_picture, vae)
+    assert still["spread_px"] < 0.5 and abs(still["alignment"]) < 0.02
+
+
+def _place_of(caption: str) -> str:
+    """The place a caption names (the longest place name in it)."""
+    found = [p for p in scenes.POSITIONS if f" {p} " in f" {caption} "]
+    return max(found, key=len)
+
+
+def test_the_place_probe_trains_each_variant_and_reports(tmp_path: Path) -> None:
+    """The probe CLI, cut to one step on a few scenes; each variant builds as described."""
+    import json
+
+    from localstability.shapes import probe, train
+
+    recipe = train.Recipe()
+    text_encoder = probe.build("text-init", recipe)[0]
+    table = text_encoder.get_input_embeddings().weight.detach()
+    assert float(table.std()) == pytest.approx(0.3, rel=0.05)
+    assert len(probe.build("deep", recipe)[1].config.block_out_channels) == 4
+    tokenizer = probe.build("short", recipe)[2]
+    longest = max((s.caption() for s in scenes.evaluation_scenes(50)), key=len)
+    assert len(tokenizer(longest).input_ids) <= tokenizer.model_max_length == probe.SHORT_LENGTH
+    with pytest.raises(ValueError, match="unknown variant"):
+        probe.build("wide", recipe)
+    report_file = tmp_path / "probe.json"
+    probe.main(
+        ["--variants", "shipped", "--steps", "1", "--scenes", "64", "--json", str(report_file)]
+    )
+    report = json.loads(report_file.read_text())
+    assert report["grid_spread_px"] == pytest.approx(34.34, abs=0.01)
+    trace = report["variants"]["shipped"]["trace"]
+    assert [t["step"] for t in trace] == [1] and trace[0]["loss"] > 0
+    assert 0 <= trace[0]["spread_px"] < scenes.IMAGE_SIZE and -2 < trace[0]["alignment"] < 2

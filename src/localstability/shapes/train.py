@@ -124,14 +124,16 @@ def build_text_encoder(recipe: Recipe) -> Any:
 def build_unet(recipe: Recipe) -> Any:
     from diffusers import UNet2DConditionModel
 
+    levels = len(recipe.unet_blocks)
     return UNet2DConditionModel(
         sample_size=LATENT_SIZE,
         in_channels=4,
         out_channels=4,
         block_out_channels=recipe.unet_blocks,
         layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        # Cross-attention at every level but the lowest (and in the middle block).
+        down_block_types=(*["CrossAttnDownBlock2D"] * (levels - 1), "DownBlock2D"),
+        up_block_types=("UpBlock2D", *["CrossAttnUpBlock2D"] * (levels - 1)),
         cross_attention_dim=recipe.text_hidden,
         attention_head_dim=8,
         norm_num_groups=16,
