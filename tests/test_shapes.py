@@ -151,6 +151,20 @@ def test_image_to_image_and_masking_follow_the_prompt(client: httpx.Client) -> N
     assert painted.size == (128, 128)
 
 
+def test_the_text_encoder_pretraining_names_what_the_caption_says() -> None:
+    """Its labels: each attribute the caption says, else a last class for "not said"."""
+    from localstability.shapes.train import _attribute_labels
+
+    said = dict.fromkeys(("with_size", "with_colour", "with_position", "with_background"), True)
+    one = scenes.Scene("circle", "red", "small", "blue", 1, "top left")
+    red, blue = list(scenes.COLOURS).index("red"), list(scenes.COLOURS).index("blue")
+    assert _attribute_labels(one, said) == [red, 0, 0, 0, blue, 0]
+    quiet = dict.fromkeys(said, False)
+    assert _attribute_labels(one, quiet) == [10, 0, 2, 9, 10, 0]
+    several = scenes.Scene("square", "red", "small", "blue", 3)
+    assert _attribute_labels(several, said) == [red, 1, 0, 9, blue, 2]
+
+
 def test_the_shipped_run_is_the_recipe_in_the_code() -> None:
     """The record of the run that made the shipped weights holds every number of `Recipe`:
     the script as it stands reproduces them (fixed seeds; same machine kind)."""
@@ -161,12 +175,16 @@ def test_the_shipped_run_is_the_recipe_in_the_code() -> None:
     from tests.conftest import REPO
 
     record = json.loads((REPO / "bench/results/shapes-training-2026-11-26.json").read_text())
-    assert record["recipe"] == json.loads(json.dumps(asdict(Recipe())))
+    # Fields added after that run, at what the run did: it had no text encoder pretraining
+    # (text_steps 0; the pretraining's batch and rate then play no part).
+    added_since = {"text_steps": 0, "text_batch": 256, "text_lr": 1e-3}
+    assert record["recipe"] | added_since == json.loads(json.dumps(asdict(Recipe())))
     assert record["engine"] == SHAPES_ENGINE_ID
 
 
 def test_the_training_script_runs_end_to_end(tmp_path: Path) -> None:
-    """The real script, cut to a few steps: it must leave a folder diffusers loads as is."""
+    """The real script, cut to a few steps: it must leave a folder diffusers loads as is (with
+    the text encoder pretrained, then frozen while the UNet learns)."""
     import json
     import subprocess
     import sys
@@ -184,6 +202,8 @@ def test_the_training_script_runs_end_to_end(tmp_path: Path) -> None:
             "cpu",
             "--vae-steps",
             "2",
+            "--text-steps",
+            "2",
             "--unet-steps",
             "2",
             "--dataset-size",
@@ -195,7 +215,7 @@ def test_the_training_script_runs_end_to_end(tmp_path: Path) -> None:
         check=False,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "[unet] 2/2" in run.stdout and "[done]" in run.stdout
+    assert "[text] 2/2" in run.stdout and "[unet] 2/2" in run.stdout and "[done]" in run.stdout
     report = json.loads((tmp_path / "training.json").read_text())
     assert report["recipe"]["unet_steps"] == 2 and report["bytes"] > 0
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / SHAPES_ENGINE_ID))
@@ -284,6 +304,8 @@ def test_the_place_probe_trains_each_variant_and_reports(tmp_path: Path) -> None
     tokenizer = probe.build("short", recipe)[2]
     longest = max((s.caption() for s in scenes.evaluation_scenes(50)), key=len)
     assert len(tokenizer(longest).input_ids) <= tokenizer.model_max_length == probe.SHORT_LENGTH
+    frozen = probe.build("pretrained-text", recipe, text_steps=2)[0]
+    assert not any(p.requires_grad for p in frozen.parameters())
     with pytest.raises(ValueError, match="unknown variant"):
         probe.build("wide", recipe)
     report_file = tmp_path / "probe.json"

@@ -116,7 +116,8 @@ def place_spread(predict: Any, vae: Any, count: int = 4) -> dict[str, float]:
 
     For `count` held-out scenes, each with its own noise, `predict(noise, captions)` gives
     the clean latents for the nine captions that differ in the place alone (one noise for
-    all nine). Returns the mean distance (pixels) of the nine decoded shapes' centres from
+    all nine; the noise is on the CPU, the latents may come back on any device). Returns the
+    mean distance (pixels) of the nine decoded shapes' centres from
     their mean, the same for the grid's own centres, and the alignment: the least-squares
     slope of the centres on the grid's places (1 when the shapes land where their words say,
     0 when the words do not move them, or move them at random).
@@ -134,7 +135,7 @@ def place_spread(predict: Any, vae: Any, count: int = 4) -> dict[str, float]:
         noise = torch.randn((1, 4, side // 8, side // 8), generator=generator)
         with torch.no_grad():
             clean = predict(noise.expand(len(captions), -1, -1, -1), captions)
-            decoded = vae.decode(clean / vae.config.scaling_factor).sample
+            decoded = vae.decode(clean / vae.config.scaling_factor).sample.float().cpu()
         images = ((decoded.clamp(-1, 1).permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.uint8)
         centres = np.stack([_centre(i) for i in images])
         centres = centres - centres.mean(0)

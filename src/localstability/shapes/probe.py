@@ -17,11 +17,15 @@ Variants (`--variants`):
   CLIP's 0.02), so the place words' keys differ from the first step;
 - `deep`: a fourth UNet level (2x2 latents), where every cell is a corner and zero padding
   tells each its place;
+- `finetune`: the shipped model's own text encoder and UNet, which already draw shapes
+  and colours (the start of a fine-tune, as SD 2.1 was taken to zero terminal SNR);
+- `pretrained-text`: the text encoder first trained alone to name each attribute of the
+  captions (`train.pretrain_text_encoder`), then frozen while the UNet learns;
 - `short`: captions padded to 16 tokens instead of CLIP's 77 (the longest caption takes 14),
   so the place words are not two keys among 77 that cross-attention spreads itself over.
 
     python -m localstability.shapes.probe [--variants shipped,text-init] [--steps 300]
-        [--json FILE]
+        [--json FILE] [--device cuda]
 """
 
 from __future__ import annotations
@@ -39,20 +43,37 @@ from typing import Any
 from localstability.shapes import train
 from localstability.shapes.evaluate import grid_spread, place_spread
 
-VARIANTS = ("shipped", "text-init", "deep", "short")
+VARIANTS = ("shipped", "text-init", "deep", "short", "finetune", "pretrained-text")
+TEXT_STEPS = 300  # of the text encoder's pretraining, for `pretrained-text`
 SHORT_LENGTH = 16
 
 
-def build(variant: str, recipe: train.Recipe) -> tuple[Any, Any, Any]:
+def build(variant: str, recipe: train.Recipe, text_steps: int = TEXT_STEPS) -> tuple[Any, Any, Any]:
     """The (text encoder, UNet, tokenizer) of a variant, freshly initialised."""
     from localstability.tiny import CLIP_EOS_TOKEN, make_clip_tokenizer
 
     tokenizer = make_clip_tokenizer(pad_token=CLIP_EOS_TOKEN)
+    if variant == "finetune":
+        import torch
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        from localstability.engines import shapes_model_dir
+
+        folder = shapes_model_dir()
+        return (
+            CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32),
+            UNet2DConditionModel.from_pretrained(folder / "unet", dtype=torch.float32),
+            tokenizer,
+        )
     if variant == "short":
         tokenizer.model_max_length = SHORT_LENGTH
     if variant == "deep":
         recipe = replace(recipe, unet_blocks=(*recipe.unet_blocks, recipe.unet_blocks[-1]))
-    text_encoder = train.build_text_encoder(recipe)
+    if variant == "pretrained-text":
+        text_encoder = train.pretrain_text_encoder(replace(recipe, text_steps=text_steps), "cpu")
+    else:
+        text_encoder = train.build_text_encoder(recipe)
     if variant == "text-init":
         text_encoder.get_input_embeddings().weight.data.normal_(0, 0.3)
     elif variant not in VARIANTS:
@@ -66,6 +87,7 @@ def run(
     vae: Any,
     steps: int,
     every: int,
+    device: str = "cpu",
     report: Callable[[dict[str, Any]], None] = lambda result: None,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -77,14 +99,15 @@ def run(
     recipe = train.Recipe()
     torch.manual_seed(seed)
     text_encoder, unet, tokenizer = build(variant, recipe)
-    params = [*text_encoder.parameters(), *unet.parameters()]
+    text_encoder, unet = text_encoder.to(device), unet.to(device)
+    params = [p for p in (*text_encoder.parameters(), *unet.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
-    noisiest = torch.tensor(999)
+    noisiest = torch.tensor(999, device=device)
     rng = random.Random(seed)
 
     def predict(noise: Any, captions: list[str]) -> Any:
-        hidden = text_encoder(train._tokenize(tokenizer, captions, "cpu")).last_hidden_state
-        return unet(noise, noisiest, hidden).sample
+        hidden = text_encoder(train._tokenize(tokenizer, captions, device)).last_hidden_state
+        return unet(noise.to(device), noisiest, hidden).sample
 
     progress = train.Progress(variant, steps, every)
     trace: list[dict[str, float]] = []
@@ -146,22 +169,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--scenes", type=int, default=3072, help="training scenes to encode")
     parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: the best)")
     args = parser.parse_args(argv)
-    vae = AutoencoderKL.from_pretrained(args.model / "vae", dtype=torch.float32).eval()
+    from localstability.inference.devices import resolve_device
+
+    device = resolve_device(args.device)
+    vae = AutoencoderKL.from_pretrained(args.model / "vae", dtype=torch.float32).to(device).eval()
     shipped_scaling = vae.config.scaling_factor
-    data = train.encode_dataset(train.Recipe(dataset_size=args.scenes), vae, "cpu")
+    data = train.encode_dataset(train.Recipe(dataset_size=args.scenes), vae, device)
     # encode_dataset scales by the spread of these scenes; keep the shipped VAE's scaling.
     rescale = shipped_scaling / vae.config.scaling_factor
     vae.register_to_config(scaling_factor=shipped_scaling)
-    data = train.Dataset(data.scenes, data.latents * rescale)
+    data = train.Dataset(data.scenes, (data.latents * rescale).to(device))
     report: dict[str, Any] = {
-        "what": "text encoder + UNet trained from nothing at the noisiest step alone "
-        "(input: pure noise, target: clean latents); spread of the shape over the nine "
-        "place words in the predicted picture",
+        "what": "text encoder + UNet trained at the noisiest step alone (input: pure noise, "
+        "target: clean latents), from nothing unless the variant says otherwise; spread of "
+        "the shape over the nine place words in the predicted picture",
         "grid_spread_px": grid_spread(),
         "steps": args.steps,
         "batch": train.Recipe().batch,
         "scenes": args.scenes,
+        "device": device,
         "torch_threads": torch.get_num_threads(),
         "variants": {},
     }
@@ -172,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
 
     for variant in args.variants.split(","):
-        run(variant, data, vae, args.steps, args.every, partial(write, variant))
+        run(variant, data, vae, args.steps, args.every, device, partial(write, variant))
 
 
 if __name__ == "__main__":

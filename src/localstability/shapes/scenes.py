@@ -139,14 +139,19 @@ def evaluation_scenes(n: int, seed: int = 1) -> list[Scene]:
     return scenes
 
 
+def training_flags(rng: random.Random) -> dict[str, bool]:
+    """Which attributes a training caption says: each but the shape most of the time."""
+    return {
+        "with_size": rng.random() < 0.7,
+        "with_colour": rng.random() < 0.9,
+        "with_position": rng.random() < 0.85,
+        "with_background": rng.random() < 0.7,
+    }
+
+
 def training_caption(scene: Scene, rng: random.Random) -> str:
-    """The caption training uses: each attribute but the shape is said most of the time."""
-    return scene.caption(
-        with_size=rng.random() < 0.7,
-        with_colour=rng.random() < 0.9,
-        with_position=rng.random() < 0.85,
-        with_background=rng.random() < 0.7,
-    )
+    """The caption training uses (`training_flags` decide what it leaves out)."""
+    return scene.caption(**training_flags(rng))
 
 
 def _centres(scene: Scene, rng: random.Random, side: float) -> list[tuple[float, float]]:
