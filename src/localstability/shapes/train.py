@@ -372,7 +372,6 @@ def pretrain_text_encoder(recipe: Recipe, device: str) -> Any:
     params = [*text_encoder.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=recipe.text_lr, weight_decay=0.01)
     progress = Progress("text", recipe.text_steps)
-    right = [0.0] * len(sizes)
     for step in range(recipe.text_steps):
         captions, labels = [], []
         for _ in range(recipe.text_batch):
@@ -389,9 +388,9 @@ def pretrain_text_encoder(recipe: Recipe, device: str) -> Any:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         progress.step(step + 1, loss.item())
-        right = [
-            float((part.argmax(1) == target[:, i]).float().mean()) for i, part in enumerate(logits)
-        ]
+    right = [
+        float((part.argmax(1) == target[:, i]).float().mean()) for i, part in enumerate(logits)
+    ]
     named = ", ".join(f"{a} {r:.0%}" for (a, _), r in zip(_NAMED, right, strict=True))
     print(f"[text] named right in the last batch: {named}", flush=True)
     return text_encoder.eval().requires_grad_(False)
