@@ -165,21 +165,22 @@ def test_the_text_encoder_pretraining_names_what_the_caption_says() -> None:
     assert _attribute_labels(several, said) == [red, 1, 0, 9, blue, 2]
 
 
-def test_the_shipped_run_is_the_recipe_in_the_code() -> None:
-    """The record of the run that made the shipped weights holds every number of `Recipe`:
-    the script as it stands reproduces them (fixed seeds; same machine kind)."""
+def test_the_latest_run_is_the_recipe_in_the_code() -> None:
+    """The record of the latest training run holds every number of `Recipe`: the script as it
+    stands reproduces it (fixed seeds; same machine kind). That run (text encoder pretrained,
+    then frozen) is not the shipped one: it follows places but misses the colour target
+    (docs/shapes-model.md); the shipped weights are the 2026-11-26 run's."""
     import json
     from dataclasses import asdict
 
     from localstability.shapes.train import Recipe
     from tests.conftest import REPO
 
-    record = json.loads((REPO / "bench/results/shapes-training-2026-11-26.json").read_text())
-    # Fields added after that run, at what the run did: it had no text encoder pretraining
-    # (text_steps 0; the pretraining's batch and rate then play no part).
-    added_since = {"text_steps": 0, "text_batch": 256, "text_lr": 1e-3}
-    assert record["recipe"] | added_since == json.loads(json.dumps(asdict(Recipe())))
+    record = json.loads((REPO / "bench/results/shapes-training-2026-11-27.json").read_text())
+    assert record["recipe"] == json.loads(json.dumps(asdict(Recipe())))
     assert record["engine"] == SHAPES_ENGINE_ID
+    shipped = json.loads((REPO / "bench/results/shapes-training-2026-11-26.json").read_text())
+    assert "text_steps" not in shipped["recipe"]  # made before the text encoder pretraining
 
 
 def test_the_training_script_runs_end_to_end(tmp_path: Path) -> None:
@@ -218,6 +219,7 @@ def test_the_training_script_runs_end_to_end(tmp_path: Path) -> None:
     assert "[text] 2/2" in run.stdout and "[unet] 2/2" in run.stdout and "[done]" in run.stdout
     report = json.loads((tmp_path / "training.json").read_text())
     assert report["recipe"]["unet_steps"] == 2 and report["bytes"] > 0
+    assert report["vae_from_earlier_run"] is False
     pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / SHAPES_ENGINE_ID))
     assert pipe.vae.config.scaling_factor != 0.18215  # set from the latents' spread
     assert not (tmp_path / SHAPES_ENGINE_ID / "tokenizer" / "tokenizer.json").exists()

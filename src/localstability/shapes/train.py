@@ -5,11 +5,13 @@ Three stages, all with fixed seeds, each printing its progress:
 1. an AutoencoderKL (8x downsampling, 4 latent channels) learns to reconstruct rendered
    scenes; its latents' spread sets ``scaling_factor``;
 2. a fixed set of training scenes is rendered and encoded once;
-3. a CLIPTextModel (the real CLIP tokenizer, a small transformer) and a UNet2DConditionModel
-   learn together to predict the noise of the standard Stable Diffusion schedule from the
-   captions (one caption in ten is empty, for classifier-free guidance), with min-SNR loss
-   weights and an exponential moving average of the weights; with `Recipe.text_steps` the
-   text encoder is first trained alone to name the captions' attributes, then frozen.
+3. a CLIPTextModel (the real CLIP tokenizer, a small transformer) is trained alone to name
+   each attribute of a caption (`pretrain_text_encoder`), then frozen, and a
+   UNet2DConditionModel learns to predict the noise of the standard Stable Diffusion schedule
+   from its outputs (one caption in ten is empty, for classifier-free guidance), with min-SNR
+   loss weights and an exponential moving average of the weights. (`Recipe.text_steps` 0
+   trains the text encoder together with the UNet instead; its place words then stay
+   nearly alike and the model ignores them.)
 
 The result is saved as a diffusers StableDiffusionPipeline folder (float16 safetensors), which
 `StableDiffusionPipeline.from_pretrained` loads unchanged. Training saves its state every
@@ -17,7 +19,8 @@ The result is saved as a diffusers StableDiffusionPipeline folder (float16 safet
 
     python -m localstability.shapes.train --out build/shapes
 
-On the 2-core CPU of the project's machines the defaults take about 85 minutes; on a GPU a few.
+On the 2-core CPU of the project's machines the defaults take about two hours (without the
+autoencoder, which ``--resume`` reuses from an earlier run); on a GPU a few minutes.
 """
 
 from __future__ import annotations
@@ -63,11 +66,11 @@ class Recipe:
     dataset_size: int = 24_000
     # Steps of 256 captions (`text_batch`) that pretrain the text encoder alone, which then
     # stays frozen while the UNet learns (`pretrain_text_encoder`). 0: the text encoder learns
-    # together with the UNet, as it did for the shipped weights.
-    text_steps: int = 0
+    # together with the UNet (how the first versions were made; they ignore places).
+    text_steps: int = 300
     text_batch: int = 256
     text_lr: float = 1e-3
-    unet_steps: int = 3500
+    unet_steps: int = 1800
     batch: int = 64
     lr: float = 5e-4
     warmup: int = 100
@@ -76,15 +79,10 @@ class Recipe:
     ema_power: float = 2 / 3
     ema_max_decay: float = 0.999
     # From this step on, the noise also carries coarse parts (1x1, 2x2, 4x4, 8x8, upsampled)
-    # with these weights, rescaled to unit variance; see _multiscale.
-    multiscale_noise_from: int = 1250
-    multiscale_noise: tuple[float, ...] = (0.6, 0.5, 0.4, 0.3)
-    # The shipped run was planned for `first_plan` steps and extended at `extended_from`: from
-    # there the learning rate's cosine spans the whole run (a warm restart) and the coarse
-    # noise takes `extended_noise`, stronger at 2x2 and 4x4, the scale of a shape's place.
-    first_plan: int = 2500
-    extended_from: int = 2250
-    extended_noise: tuple[float, ...] = (0.6, 0.7, 0.7, 0.3)
+    # with these weights, rescaled to unit variance (see _multiscale); strongest at 2x2 and
+    # 4x4, the scale of a shape's place.
+    multiscale_noise_from: int = 600
+    multiscale_noise: tuple[float, ...] = (0.6, 0.7, 0.7, 0.3)
     text_hidden: int = 64
     text_layers: int = 3
     unet_blocks: tuple[int, ...] = (64, 128, 128)
@@ -182,11 +180,6 @@ def _lr_at(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _denoiser_lr_at(step: int, recipe: Recipe) -> float:
-    planned = recipe.unet_steps > recipe.first_plan and step <= recipe.extended_from
-    return _lr_at(step, recipe.first_plan if planned else recipe.unet_steps, recipe.warmup)
 
 
 def _image_batches(rng: random.Random, batch: int) -> Iterator[Any]:
@@ -421,7 +414,9 @@ def train_denoiser(
     unet = build_unet(recipe).to(device).train()
     params = [p for p in (*text_encoder.parameters(), *unet.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _denoiser_lr_at(s, recipe))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_at(s, recipe.unet_steps, recipe.warmup)
+    )
     ema = EMAModel(
         params,
         decay=recipe.ema_max_decay,
@@ -452,9 +447,7 @@ def train_denoiser(
         ]
         latents = latents_all[index]
         noise = torch.randn_like(latents)
-        if step >= recipe.extended_from:
-            noise = _multiscale(noise, recipe.extended_noise)
-        elif step >= recipe.multiscale_noise_from:
+        if step >= recipe.multiscale_noise_from:
             noise = _multiscale(noise, recipe.multiscale_noise)
         timesteps = torch.randint(0, 1000, (recipe.batch,), device=device)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
@@ -528,7 +521,8 @@ def train(recipe: Recipe, out: Path, device: str, save_every: int, resume: bool)
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     vae_file = out / "vae-trained"
-    if resume and (vae_file / "config.json").is_file():
+    vae_reused = resume and (vae_file / "config.json").is_file()
+    if vae_reused:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(vae_file).to(device).eval()
@@ -551,6 +545,8 @@ def train(recipe: Recipe, out: Path, device: str, save_every: int, resume: bool)
     report = {
         "engine": ENGINE_ID,
         "recipe": asdict(recipe),
+        # --resume found an autoencoder from an earlier run in --out and trained none.
+        "vae_from_earlier_run": vae_reused,
         "device": device,
         "torch_threads": torch.get_num_threads(),
         "seconds": {**timings, "total": round(time.monotonic() - started)},
