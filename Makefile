@@ -48,7 +48,8 @@ test: venv clients services lint
 bench: venv
 	HF_HUB_OFFLINE=1 $(PY) -m bench $(BENCH_ARGS)
 
-# Retrain our own shapes model (about two hours on 2 CPU cores) and evaluate it; copy
+# Retrain our own shapes model (about 3.6 hours on 2 CPU cores; SHAPES_ARGS=--resume goes on
+# from the last saved state) and evaluate it; copy
 # build/shapes/localstability-shapes-v1 into src/localstability/models/ to ship it.
 shapes: venv
 	$(PY) -m localstability.shapes.train --out build/shapes $(SHAPES_ARGS)

@@ -1,24 +1,25 @@
 """Can a text encoder and UNet learn the place words at all? A short, focused training probe.
 
-The shipped model ignores the place words: its first step's layout comes from the starting
-noise. One explanation is the noise schedule (SD's noisiest step keeps a trace of the picture,
-so training rewards reading the place from the input). This probe removes that explanation:
-it trains a text encoder and UNet of the shipped shapes from nothing on the noisiest step
-alone, with pure noise as the input and the clean latents as the target, so that the caption
-is the only thing that tells where the shape goes (the best answer is the caption's mean
-picture: its background, and a blob of its colour at its place). Every `--every` steps it
-measures the loss and how far the nine place words spread the predicted shape
-(`evaluate.place_spread`; the grid's own spread is 34.34 px).
+The weights shipped until 2026-11-27 ignored the place words: their first step's layout
+came from the starting noise. One explanation is the noise schedule (SD's noisiest step
+keeps a trace of the picture, so training rewards reading the place from the input). This
+probe removes that explanation: it trains a text encoder and UNet of the shapes model from
+nothing on the noisiest step alone, with pure noise as the input and the clean latents as
+the target, so that the caption is the only thing that tells where the shape goes (the
+best answer is the caption's mean picture: its background, and a blob of its colour at its
+place). Every `--every` steps it measures the loss and how far the nine place words spread
+the predicted shape (`evaluate.place_spread`; the grid's own spread is 34.34 px).
 
 Variants (`--variants`):
 
-- `shipped`: the shipped recipe's text encoder and UNet;
+- `shipped`: the recipe's text encoder and UNet, learning together from nothing;
 - `text-init`: the same with the token table drawn 15 times wider (std 0.3 instead of
   CLIP's 0.02), so the place words' keys differ from the first step;
 - `deep`: a fourth UNet level (2x2 latents), where every cell is a corner and zero padding
   tells each its place;
-- `finetune`: the shipped model's own text encoder and UNet, which already draw shapes
-  and colours (the start of a fine-tune, as SD 2.1 was taken to zero terminal SNR);
+- `finetune`: the text encoder and UNet of `--model` (the shipped model by default), which
+  already draw shapes and colours (the start of a fine-tune, as SD 2.1 was taken to zero
+  terminal SNR);
 - `pretrained-text`: the text encoder first trained alone to name each attribute of the
   captions (`train.pretrain_text_encoder`), then frozen while the UNet learns;
 - `short`: captions padded to 16 tokens instead of CLIP's 77 (the longest caption takes 14),
@@ -48,8 +49,11 @@ TEXT_STEPS = 300  # of the text encoder's pretraining, for `pretrained-text`
 SHORT_LENGTH = 16
 
 
-def build(variant: str, recipe: train.Recipe, text_steps: int = TEXT_STEPS) -> tuple[Any, Any, Any]:
-    """The (text encoder, UNet, tokenizer) of a variant, freshly initialised."""
+def build(
+    variant: str, recipe: train.Recipe, text_steps: int = TEXT_STEPS, model: Path | None = None
+) -> tuple[Any, Any, Any]:
+    """The (text encoder, UNet, tokenizer) of a variant, freshly initialised (`finetune`:
+    loaded from the diffusers folder `model`, the shipped one by default)."""
     from localstability.tiny import CLIP_EOS_TOKEN, make_clip_tokenizer
 
     tokenizer = make_clip_tokenizer(pad_token=CLIP_EOS_TOKEN)
@@ -60,7 +64,7 @@ def build(variant: str, recipe: train.Recipe, text_steps: int = TEXT_STEPS) -> t
 
         from localstability.engines import shapes_model_dir
 
-        folder = shapes_model_dir()
+        folder = model or shapes_model_dir()
         return (
             CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32),
             UNet2DConditionModel.from_pretrained(folder / "unet", dtype=torch.float32),
@@ -90,6 +94,7 @@ def run(
     device: str = "cpu",
     report: Callable[[dict[str, Any]], None] = lambda result: None,
     seed: int = 0,
+    model: Path | None = None,
 ) -> dict[str, Any]:
     """Train one variant on the noisiest step alone; its loss and place spread over time.
 
@@ -98,7 +103,7 @@ def run(
 
     recipe = train.Recipe()
     torch.manual_seed(seed)
-    text_encoder, unet, tokenizer = build(variant, recipe)
+    text_encoder, unet, tokenizer = build(variant, recipe, model=model)
     text_encoder, unet = text_encoder.to(device), unet.to(device)
     params = [p for p in (*text_encoder.parameters(), *unet.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
@@ -163,7 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     from localstability.engines import shapes_model_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=shapes_model_dir(), help="its VAE is used")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=shapes_model_dir(),
+        help="its VAE is used (and, by `finetune`, its text encoder and UNet)",
+    )
     parser.add_argument("--variants", default="shipped,text-init")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--every", type=int, default=50)
@@ -200,7 +210,16 @@ def main(argv: list[str] | None = None) -> None:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
 
     for variant in args.variants.split(","):
-        run(variant, data, vae, args.steps, args.every, device, partial(write, variant))
+        run(
+            variant,
+            data,
+            vae,
+            args.steps,
+            args.every,
+            device,
+            partial(write, variant),
+            model=args.model,
+        )
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ The result is saved as a diffusers StableDiffusionPipeline folder (float16 safet
 
     python -m localstability.shapes.train --out build/shapes
 
-On the 2-core CPU of the project's machines the defaults took 104 minutes on 2026-11-27 after
-the autoencoder (17.6 minutes on 2026-11-26; ``--resume`` reuses one found in ``--out``); on a
-GPU a few minutes.
+On the 2-core CPU of the project's machines the defaults take about 3.6 hours (measured in
+parts on 2026-11-26 and 27: the autoencoder 17.6 minutes, encoding 4, the text encoder 3, the
+UNet 3.25 s a step; ``--resume`` reuses an autoencoder and a training state found in
+``--out``, which is how the shipped weights were made over three sittings); on a GPU a few
+minutes.
 """
 
 from __future__ import annotations
@@ -71,10 +73,16 @@ class Recipe:
     text_steps: int = 300
     text_batch: int = 256
     text_lr: float = 1e-3
-    unet_steps: int = 1800
+    unet_steps: int = 3500
     batch: int = 64
     lr: float = 5e-4
     warmup: int = 100
+    # The learning rate follows a cosine from `lr` down to a tenth over the first
+    # `restart_at` steps, then restarts (a warm restart, as in SGDR): up to `restart_peak`
+    # times `lr` over `warmup` steps, and a second cosine down to a tenth at `unet_steps`.
+    # 0, or not under `unet_steps`: one cosine over all the steps.
+    restart_at: int = 1800
+    restart_peak: float = 0.5
     empty_caption: float = 0.1
     snr_gamma: float = 5.0
     ema_power: float = 2 / 3
@@ -176,11 +184,20 @@ class Progress:
         )
 
 
-def _lr_at(step: int, total: int, warmup: int) -> float:
+def _lr_at(step: int, total: int, warmup: int, restart_at: int = 0, peak: float = 0.5) -> float:
+    """The learning rate's factor at `step`: a linear warm-up, then a cosine down to 0.1 at
+    `total`; with `restart_at` inside (0, total), a warm restart there (see `Recipe`)."""
+    floor, top, start = 0.0, 1.0, 0
+    if 0 < restart_at < total:
+        if step < restart_at:
+            total = restart_at
+        else:
+            floor, top, start = 0.1, peak, restart_at
+    step -= start
     if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        return floor + (top - floor) * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - start - warmup)
+    return 0.1 + (top - 0.1) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _image_batches(rng: random.Random, batch: int) -> Iterator[Any]:
@@ -396,9 +413,10 @@ def _state_path(out: Path) -> Path:
 
 def train_denoiser(
     recipe: Recipe, data: Dataset, device: str, out: Path, save_every: int, resume: bool
-) -> tuple[Any, Any, Any]:
+) -> tuple[Any, Any, Any, int]:
     """Train the UNet (and the text encoder with it unless `recipe.text_steps` pretrains and
-    freezes it); return the EMA copies (text encoder, unet) and the tokenizer."""
+    freezes it); return the EMA copies (text encoder, unet), the tokenizer and the step the
+    UNet started at (0, or where `resume` found a saved state)."""
     import torch
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel, compute_snr
@@ -416,7 +434,10 @@ def train_denoiser(
     params = [p for p in (*text_encoder.parameters(), *unet.parameters()) if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: _lr_at(s, recipe.unet_steps, recipe.warmup)
+        optimizer,
+        lambda s: _lr_at(
+            s, recipe.unet_steps, recipe.warmup, recipe.restart_at, recipe.restart_peak
+        ),
     )
     ema = EMAModel(
         params,
@@ -480,7 +501,7 @@ def train_denoiser(
             )
             print(f"[unet] saved training state at step {step + 1}", flush=True)
     ema.copy_to(params)
-    return text_encoder.eval(), unet.eval(), tokenizer
+    return text_encoder.eval(), unet.eval(), tokenizer, first
 
 
 def save_pipeline(vae: Any, text_encoder: Any, unet: Any, tokenizer: Any, dest: Path) -> Path:
@@ -534,7 +555,9 @@ def train(recipe: Recipe, out: Path, device: str, save_every: int, resume: bool)
     timings = {"vae_s": round(time.monotonic() - started)}
     data = encode_dataset(recipe, vae, device)
     timings["encode_s"] = round(time.monotonic() - started) - timings["vae_s"]
-    text_encoder, unet, tokenizer = train_denoiser(recipe, data, device, out, save_every, resume)
+    text_encoder, unet, tokenizer, resumed_at = train_denoiser(
+        recipe, data, device, out, save_every, resume
+    )
     timings["denoiser_s"] = (
         round(time.monotonic() - started) - timings["vae_s"] - timings["encode_s"]
     )
@@ -548,6 +571,8 @@ def train(recipe: Recipe, out: Path, device: str, save_every: int, resume: bool)
         "recipe": asdict(recipe),
         # --resume found an autoencoder from an earlier run in --out and trained none.
         "vae_from_earlier_run": vae_reused,
+        # The step the UNet went on from a state an earlier run saved (0: it began here).
+        "unet_resumed_at": resumed_at,
         "device": device,
         "torch_threads": torch.get_num_threads(),
         "seconds": {**timings, "total": round(time.monotonic() - started)},
@@ -568,6 +593,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-steps", type=int, default=Recipe.vae_steps)
     parser.add_argument("--text-steps", type=int, default=Recipe.text_steps)
     parser.add_argument("--unet-steps", type=int, default=Recipe.unet_steps)
+    parser.add_argument("--restart-at", type=int, default=Recipe.restart_at)
     parser.add_argument("--dataset-size", type=int, default=Recipe.dataset_size)
     args = parser.parse_args(argv)
     from localstability.inference.devices import resolve_device
@@ -576,6 +602,7 @@ def main(argv: list[str] | None = None) -> None:
         vae_steps=args.vae_steps,
         text_steps=args.text_steps,
         unet_steps=args.unet_steps,
+        restart_at=args.restart_at,
         dataset_size=args.dataset_size,
     )
     train(recipe, args.out, resolve_device(args.device), args.save_every, args.resume)
