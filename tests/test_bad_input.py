@@ -276,6 +276,39 @@ def test_huge_multipart_body(client: httpx.Client, request_kind: str, name: str)
     assert_envelope(response, 400, name)
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "content_type", "name"),
+    [
+        (
+            T2I,
+            lambda total: chunks(PROMPT_HEAD, total, PROMPT_TAIL),
+            "application/json",
+            "bad_request",
+        ),
+        (I2I, multipart_chunks, "multipart/form-data; boundary=b", "invalid_file_size"),
+    ],
+    ids=["json", "multipart"],
+)
+def test_a_chunked_body_is_not_read_past_the_limit(
+    client: httpx.Client, path: str, body: Any, content_type: str, name: str
+) -> None:
+    """A chunked body (no Content-Length to refuse up front) of 1 GiB: the server answers once
+    the limit (1 MiB JSON, 11 MiB for image-to-image) has arrived and reads no further, so
+    the client sends little more than that, not the gigabyte, and nothing is spooled to disk."""
+    sent = 0
+
+    def counted() -> Iterator[bytes]:
+        nonlocal sent
+        for part in body(1024 * MIB):
+            sent += len(part)
+            yield part
+
+    response = client.post(path, content=counted(), headers={"Content-Type": content_type})
+    assert_envelope(response, 400, name)
+    # What the limit lets in, plus what the sockets' buffers held when the server stopped.
+    assert sent < 64 * MIB
+
+
 # --- JSON that Python can't read, and other odd JSON ---------------------------------------
 
 ODD_JSON: list[tuple[str, bytes, str]] = [

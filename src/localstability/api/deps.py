@@ -10,6 +10,7 @@ from fastapi import Depends, Header, Request
 from pydantic import BaseModel
 
 from localstability import errors
+from localstability.api.body import limited
 from localstability.config import Settings
 from localstability.jobs.local import LocalJobBackend
 from localstability.service.accounts import AccountService
@@ -89,7 +90,7 @@ def wants_png(accept: str | None) -> bool:
 MAX_JSON_BODY_BYTES = 1024 * 1024
 
 
-def _json_body_too_large() -> errors.BadRequest:
+def _json_body_too_large(_declared: int | None) -> errors.BadRequest:
     return errors.BadRequest(
         f"the request body is larger than the limit of {MAX_JSON_BODY_BYTES:,} bytes "
         "for a JSON body"
@@ -104,14 +105,7 @@ async def parse_json_body(request: Request, model: type[ModelT]) -> ModelT:
         raise errors.BadRequest(
             f"Content-Type must be application/json for this endpoint, not {media_type!r}"
         )
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_JSON_BODY_BYTES:
-        raise _json_body_too_large()  # refused before the body is read
-    raw = bytearray()
-    async for chunk in request.stream():  # a chunked body has no Content-Length
-        raw += chunk
-        if len(raw) > MAX_JSON_BODY_BYTES:
-            raise _json_body_too_large()
+    raw = await limited(request, MAX_JSON_BODY_BYTES, _json_body_too_large).body()
     try:
         payload = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from localstability import errors
+from localstability.api.body import limited
 from localstability.service.images import check_file_size
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -67,13 +68,15 @@ async def read_multipart(
             "Content-Type must be multipart/form-data for this endpoint, "
             f"not {media_type or 'missing'!r}"
         )
-    declared = request.headers.get("content-length")
     body_limit = len(file_fields) * max_file_bytes + 1024 * 1024
-    if declared and declared.isdigit() and int(declared) > body_limit:
-        raise errors.InvalidFileSize(
-            f"the request body is {int(declared):,} bytes; each image may be at most "
-            f"{max_file_bytes:,} bytes"
+
+    def too_large(declared: int | None) -> errors.ApiError:
+        size = f"{declared:,} bytes" if declared else f"over {body_limit:,} bytes"
+        return errors.InvalidFileSize(
+            f"the request body is {size}; each image may be at most {max_file_bytes:,} bytes"
         )
+
+    request = limited(request, body_limit, too_large)
     form = await request.form(max_files=len(file_fields) + 2, max_fields=_MAX_FIELDS)
     texts: list[tuple[str, str]] = []
     files: dict[str, bytes] = {}
