@@ -120,6 +120,22 @@ async def stdio_session(
             yield session
 
 
+class Progress:
+    """A progress_callback: each notification's (progress, total, message)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[float, float | None, str | None]] = []
+
+    async def __call__(self, progress: float, total: float | None, message: str | None) -> None:
+        self.seen.append((progress, total, message))
+
+    def assert_steps(self, steps: int) -> None:
+        """One notification a denoising step at most, growing, to `steps` of `steps`."""
+        progress = [p for p, _, _ in self.seen]
+        assert progress and progress == sorted(set(progress)) and progress[-1] == steps
+        assert {(total, message) for _, total, message in self.seen} == {(steps, "running")}
+
+
 def rest_balance(deployment: Deployment, key: str) -> float:
     with deployment.server.client() as client:
         client.headers["Authorization"] = f"Bearer {key}"
@@ -155,10 +171,13 @@ def test_every_tool_over_streamable_http(deployment: Deployment) -> None:
             ]
             assert by_id[SD1]["type"] == "PICTURE"
 
+            progress = Progress()
             result = await session.call_tool(
                 "generate_image_from_text",
                 {**SD1_SMALL, "prompt": "a lighthouse", "negative_prompt": "fog", "seed": 42},
+                progress_callback=progress,
             )
+            progress.assert_steps(10)
             body = succeeded(result)
             assert body["engine_id"] == SD1 and body["generation_id"]
             assert body["artifacts"] == [{"seed": 42, "finishReason": "SUCCESS"}]
@@ -396,9 +415,13 @@ def test_stdio_serves_the_tools_for_a_key(deployment: Deployment, tmp_path: Path
         errlog = tmp_path / "mcp-stdio.log"
         async with stdio_session(deployment, errlog, LOCALSTABILITY_API_KEY=key) as session:
             assert {tool.name for tool in (await session.list_tools()).tools} == TOOLS
+            progress = Progress()
             result = await session.call_tool(
-                "generate_image_from_text", {**SD1_SMALL, "prompt": "a lighthouse", "seed": 3}
+                "generate_image_from_text",
+                {**SD1_SMALL, "prompt": "a lighthouse", "seed": 3},
+                progress_callback=progress,
             )
+            progress.assert_steps(10)
             assert succeeded(result)["artifacts"] == [{"seed": 3, "finishReason": "SUCCESS"}]
             assert [image.size for image in images(result)] == [(320, 320)]
             result = await session.call_tool(

@@ -7,6 +7,7 @@ from typing import Any
 
 from mcp.server import Server, ServerRequestContext
 from mcp.shared.exceptions import MCPError
+from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from mcp_types import (
     INVALID_PARAMS,
     CallToolRequestParams,
@@ -44,7 +45,15 @@ def build_server(tools: ImageTools, principal_of: PrincipalOf) -> Server[Any]:
         if params.name not in tools.specs:
             # Not a tool's failure but a wrong request: a protocol error, as MCP says.
             raise MCPError(code=INVALID_PARAMS, message=f"Unknown tool: {params.name}")
-        return await tools.call(params.name, params.arguments or {}, lambda: principal_of(ctx))
+        # Progress only for a caller that sent a progress token (watching a job's steps
+        # wakes the event loop at each one).
+        wants_progress = progress_token_from_params(ctx.params) is not None
+        return await tools.call(
+            params.name,
+            params.arguments or {},
+            lambda: principal_of(ctx),
+            ctx.session.report_progress if wants_progress else None,
+        )
 
     return Server(
         "localstability",

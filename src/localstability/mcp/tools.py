@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,7 +37,7 @@ from localstability.api.errors import (
     report_unexpected,
 )
 from localstability.engines import Task
-from localstability.jobs.base import JobSpec
+from localstability.jobs.base import Job, JobSpec
 from localstability.mcp.protocol import (
     ArtifactInfo,
     EngineArguments,
@@ -64,6 +65,12 @@ from localstability.store.accounts import Principal
 log = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+# Sends the caller an MCP progress notification: progress, total, message.
+Reporter = Callable[[float, float | None, str | None], Awaitable[None]]
+# The reporter of the tool call being run, when its caller asked for progress (a progress
+# token in the request's `_meta`); set by `ImageTools.call`.
+_reporter: ContextVar[Reporter | None] = ContextVar("progress_reporter", default=None)
 
 
 def validated(model: type[ModelT], payload: dict[str, Any]) -> ModelT:
@@ -234,12 +241,18 @@ class ImageTools:
         return tools
 
     async def call(
-        self, name: str, arguments: dict[str, Any], principal: Callable[[], Awaitable[Principal]]
+        self,
+        name: str,
+        arguments: dict[str, Any],
+        principal: Callable[[], Awaitable[Principal]],
+        progress: Reporter | None = None,
     ) -> CallToolResult:
-        """Run tool `name` for the caller that `principal()` authenticates. Every failure
-        becomes a tool error carrying the envelope that REST would answer."""
+        """Run tool `name` for the caller that `principal()` authenticates; a generation's
+        denoising steps go to `progress` as they are done. Every failure becomes a tool error
+        carrying the envelope that REST would answer."""
         spec = self.specs[name]
         started = time.perf_counter()
+        reporting = _reporter.set(progress)
         try:
             caller = await principal()
             engine_id = arguments.get("engine_id")
@@ -255,6 +268,8 @@ class ImageTools:
             error_id = report_unexpected(exc, tool=name)
             unexpected = errors.ServerError(UNEXPECTED_MESSAGE)
             result, outcome = error_result(unexpected, error_id), unexpected.name
+        finally:
+            _reporter.reset(reporting)
         log.info(
             "tool call",
             extra={
@@ -349,8 +364,25 @@ class ImageTools:
         return await self._run(spec)
 
     async def _run(self, spec: JobSpec) -> CallToolResult:
-        """Submit the job (its credits reserved) and wait for its images; a call that is
-        cancelled, or whose client goes away, cancels its job (which is refunded)."""
+        """Submit the job (its credits reserved) and wait for its images, reporting its
+        steps when the caller asked; a call that is cancelled, or whose client goes away,
+        cancels its job (which is refunded)."""
         job = await self.context.jobs.submit(spec)
-        artifacts = await self.context.jobs.wait(job, _forever)
+        report = _reporter.get()
+        watching = asyncio.ensure_future(self._report(job, report)) if report else None
+        try:
+            artifacts = await self.context.jobs.wait(job, _forever)
+        finally:
+            if watching is not None:
+                watching.cancel()
         return generation_result(job.id, spec.engine.id, artifacts)
+
+    async def _report(self, job: Job, report: Reporter) -> None:
+        """Each denoising step done, as `progress` out of `total` (what the REST event stream
+        shows), with the job's status as the message. MCP asks that progress grow with each
+        notification, so a repeated step is not sent again."""
+        sent = 0
+        async for view in self.context.jobs.events(job):
+            if view.step > sent:
+                sent = view.step
+                await report(view.step, view.total or None, view.status)
