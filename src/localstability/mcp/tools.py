@@ -382,7 +382,10 @@ class ImageTools:
         shows), with the job's status as the message. MCP asks that progress grow with each
         notification, so a repeated step is not sent again."""
         sent = 0
-        async for view in self.context.jobs.events(job):
-            if view.step > sent:
-                sent = view.step
-                await report(view.step, view.total or None, view.status)
+        try:
+            async for view in self.context.jobs.events(job):
+                if view.step > sent:
+                    sent = view.step
+                    await report(view.step, view.total or None, view.status)
+        except Exception:  # e.g. the caller's stream closed: the call itself will see that
+            log.info("progress not sent", extra={"generation": job.id}, exc_info=True)
