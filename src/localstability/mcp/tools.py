@@ -372,9 +372,12 @@ class ImageTools:
         watching = asyncio.ensure_future(self._report(job, report)) if report else None
         try:
             artifacts = await self.context.jobs.wait(job, _forever)
-        finally:
+        except BaseException:
             if watching is not None:
                 watching.cancel()
+            raise
+        if watching is not None:
+            await watching  # it ends at the job's last state: every step is sent before the result
         return generation_result(job.id, spec.engine.id, artifacts)
 
     async def _report(self, job: Job, report: Reporter) -> None:
