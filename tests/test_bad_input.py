@@ -293,8 +293,9 @@ def test_a_chunked_body_is_not_read_past_the_limit(
     client: httpx.Client, path: str, body: Any, content_type: str, name: str
 ) -> None:
     """A chunked body (no Content-Length to refuse up front) of 1 GiB: the server answers once
-    the limit (1 MiB JSON, 11 MiB for image-to-image) has arrived and reads no further, so
-    the client sends little more than that, not the gigabyte, and nothing is spooled to disk."""
+    the limit (1 MiB JSON, 11 MiB for image-to-image) has arrived and closes the connection, so
+    the client sends little more than that, and the server can't have read, or spooled to
+    disk, more than the client sent."""
     sent = 0
 
     def counted() -> Iterator[bytes]:
