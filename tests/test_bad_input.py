@@ -1138,6 +1138,23 @@ def test_content_length_shorter_than_the_body(server: Server) -> None:
 
 
 @pytest.mark.parametrize(
+    "request_head",
+    [
+        pytest.param(b"POST /v1/user/balance HTTP/1.1\r\nContent-Length: abc\r\n", id="length abc"),
+        pytest.param(b"POST /v1/user/balance HTTP/1.1\r\nContent-Length: -5\r\n", id="length -5"),
+        pytest.param(b"GET /v1/user/balance HTTP/1.1\r\nno colon here\r\n", id="header line"),
+        pytest.param(b"GET /v1/user/balance HTTP/1.1 extra\r\n", id="request line"),
+    ],
+)
+def test_a_request_that_is_not_http_gets_the_envelope(server: Server, request_head: bytes) -> None:
+    """What h11 can't parse never reaches the app; the server still answers in the envelope
+    (uvicorn's own answer is plain text) and closes the connection."""
+    answer = first_response(raw_exchange(server, request_head + b"Host: localhost\r\n\r\n"))
+    assert_envelope(answer, 400, "bad_request")
+    assert answer.headers["connection"] == "close"
+
+
+@pytest.mark.parametrize(
     ("path", "content_type", "body"),
     [
         (T2I, "application/json", b'{"text_prompts":[{"text":"a"'),

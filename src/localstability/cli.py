@@ -44,6 +44,7 @@ def serve(
     import uvicorn
 
     from localstability.api.app import create_app
+    from localstability.api.http11 import EnvelopeH11Protocol
     from localstability.logs import configure_logging
 
     settings = _settings(config)
@@ -54,6 +55,7 @@ def serve(
         port=port or settings.port,
         log_config=None,
         timeout_graceful_shutdown=30,
+        http=EnvelopeH11Protocol,
     )
 
 
