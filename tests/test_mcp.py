@@ -424,9 +424,13 @@ def test_stdio_serves_the_tools_for_a_key(deployment: Deployment, tmp_path: Path
             progress.assert_steps(10)
             assert succeeded(result)["artifacts"] == [{"seed": 3, "finishReason": "SUCCESS"}]
             assert [image.size for image in images(result)] == [(320, 320)]
+            progress = Progress()
             result = await session.call_tool(
-                "upscale_image", {"engine_id": ESRGAN, "image": b64_png(64, 64)}
+                "upscale_image",
+                {"engine_id": ESRGAN, "image": b64_png(64, 64)},
+                progress_callback=progress,
             )
+            progress.assert_steps(1)  # an upscale's units are its tiles: one here
             assert [image.size for image in images(result)] == [(128, 128)]
             envelope(
                 await session.call_tool(

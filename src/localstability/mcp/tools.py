@@ -248,8 +248,8 @@ class ImageTools:
         progress: Reporter | None = None,
     ) -> CallToolResult:
         """Run tool `name` for the caller that `principal()` authenticates; a generation's
-        denoising steps go to `progress` as they are done. Every failure becomes a tool error
-        carrying the envelope that REST would answer."""
+        steps (or an upscale's tiles) go to `progress` as they are done. Every failure becomes
+        a tool error carrying the envelope that REST would answer."""
         spec = self.specs[name]
         started = time.perf_counter()
         reporting = _reporter.set(progress)
@@ -381,9 +381,9 @@ class ImageTools:
         return generation_result(job.id, spec.engine.id, artifacts)
 
     async def _report(self, job: Job, report: Reporter) -> None:
-        """Each denoising step done, as `progress` out of `total` (what the REST event stream
-        shows), with the job's status as the message. MCP asks that progress grow with each
-        notification, so a repeated step is not sent again."""
+        """Each unit of work done (a denoising step, an upscale's tile), as `progress` out of
+        `total` (what the REST event stream shows), with the job's status as the message. MCP
+        asks that progress grow with each notification, so a repeated unit is not sent again."""
         sent = 0
         try:
             async for view in self.context.jobs.events(job):
