@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -57,7 +57,7 @@ def test_migrations_create_the_schema_and_match_the_models(database_url: str) ->
         assert expected | {"generations", "ledger_entries"} <= tables
         with database.engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-            assert version == "0003"
+            assert version == "0004"
             # The migrations and the SQLAlchemy models describe the same schema.
             differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
             assert differences == []
@@ -146,20 +146,22 @@ def test_reserve_charge_refund_each_once(database: Database) -> None:
         ledger.reserve(session, ok)
         ledger.reserve(session, failed)
     with database.session.begin() as session:
-        assert ledger.start(session, ok.id)
-        assert ledger.finish(session, ok.id, GenerationStatus.SUCCEEDED, finish_reasons=["SUCCESS"])
-        assert ledger.finish(session, failed.id, GenerationStatus.CANCELLED, error="gone")
+        assert ledger.start(session, org, ok.id)
+        assert ledger.finish(
+            session, org, ok.id, GenerationStatus.SUCCEEDED, finish_reasons=["SUCCESS"]
+        )
+        assert ledger.finish(session, org, failed.id, GenerationStatus.CANCELLED, error="gone")
     with database.session.begin() as session:
         # A second end moves nothing: no double charge, no double refund.
-        assert not ledger.finish(session, ok.id, GenerationStatus.FAILED)
-        assert not ledger.finish(session, failed.id, GenerationStatus.SUCCEEDED)
-        assert not ledger.start(session, ok.id)
+        assert not ledger.finish(session, org, ok.id, GenerationStatus.FAILED)
+        assert not ledger.finish(session, org, failed.id, GenerationStatus.SUCCEEDED)
+        assert not ledger.start(session, org, ok.id)
     with database.session() as session:
         check = ledger.audit(session, org)
         assert (check.balance, check.reserved) == (700, 0)
         assert (check.charged, check.refunded) == (300, 200)
         assert check.adds_up
-        record = session.get(Generation, ok.id)
+        record = session.get(Generation, (org, ok.id))
         assert record is not None and record.status == GenerationStatus.SUCCEEDED
         assert record.finish_reasons == ["SUCCESS"]
         assert isinstance(record.started_at, datetime) and record.started_at.tzinfo is not None
@@ -229,3 +231,124 @@ def test_the_price_model() -> None:
     assert cost_micros(0.5, width=1024, height=512, steps=30) == base * 2
     assert cost_micros(0.25, width=2048, height=2048) == 200_000  # ESRGAN: no steps
     assert cost_micros(0.5, width=320, height=320, steps=10) == 3256  # rounded up
+    # Every prompt past the first positive and negative one costs one more step of one sample.
+    assert cost_micros(0.5, width=512, height=512, steps=30, extra_prompts=3) == base * 33 // 30
+
+
+def test_a_grant_that_rounds_to_no_micro_credit_is_refused(database: Database) -> None:
+    org = _org_with(database, 100)
+    with pytest.raises(errors.BadRequest, match="micro-credit"), database.session.begin() as s:
+        ledger.grant(s, org, ledger.micros(0.0000004))
+    with database.session() as session:
+        assert [e.amount for e in ledger.entries(session, org)] == [100]
+
+
+def test_generation_ids_belong_to_their_organization(database: Database) -> None:
+    """Two organizations may use the same id: each has its own record and its own entries."""
+    first, second = _org_with(database, 1_000), _org_with(database, 1_000)
+    mine, theirs = _generation(database, first, 300), _generation(database, second, 200)
+    theirs.id = mine.id
+    with database.session.begin() as session:
+        ledger.reserve(session, mine)
+    with database.session.begin() as session:
+        ledger.reserve(session, theirs)
+    with database.session.begin() as session:
+        assert ledger.finish(session, first, mine.id, GenerationStatus.SUCCEEDED)
+        assert ledger.finish(session, second, mine.id, GenerationStatus.CANCELLED)
+    with database.session() as session:
+        assert ledger.audit(session, first).balance == 700
+        assert ledger.audit(session, second).balance == 1_000
+        assert ledger.audit(session, first).adds_up and ledger.audit(session, second).adds_up
+    # Within one organization an id is still used once.
+    again = _generation(database, first, 1)
+    again.id = mine.id
+    with pytest.raises(IntegrityError), database.session.begin() as session:
+        ledger.reserve(session, again)
+
+
+def test_purge_removes_old_records_and_keeps_the_books(database: Database) -> None:
+    org = _org_with(database, 1_000)
+    spent, refunded, recent = (_generation(database, org, cost) for cost in (300, 200, 100))
+    with database.session.begin() as session:
+        for generation in (spent, refunded, recent):
+            ledger.reserve(session, generation)
+    with database.session.begin() as session:
+        ledger.finish(session, org, spent.id, GenerationStatus.SUCCEEDED)
+        ledger.finish(session, org, refunded.id, GenerationStatus.FAILED, error="x")
+        ledger.finish(session, org, recent.id, GenerationStatus.CANCELLED)
+    with database.session.begin() as session:
+        session.execute(
+            sa.update(Generation)
+            .where(Generation.id.in_([spent.id, refunded.id]))
+            .values(finished_at=datetime(2020, 1, 1, tzinfo=UTC))
+        )
+    cutoff = datetime(2021, 1, 1, tzinfo=UTC)
+    with database.session.begin() as session:
+        assert ledger.purge(session, GenerationStatus.SUCCEEDED, cutoff) == 1
+        assert ledger.purge(session, GenerationStatus.FAILED, cutoff) == 1
+        assert ledger.purge(session, GenerationStatus.CANCELLED, cutoff) == 0
+    with database.session() as session:
+        check = ledger.audit(session, org)
+        assert check.adds_up and (check.balance, check.charged) == (700, 300)
+        assert {g.id for g in session.scalars(select(Generation))} == {recent.id}
+        entries = {(e.kind, e.generation_id) for e in ledger.entries(session, org)}
+        # The refunded one's reserve and refund are gone; the charged one's stay, unlinked.
+        assert entries == {
+            (EntryKind.GRANT, None),
+            (EntryKind.RESERVE, None),
+            (EntryKind.CHARGE, None),
+            (EntryKind.RESERVE, recent.id),
+            (EntryKind.REFUND, recent.id),
+        }
+
+
+def test_migration_0004_keeps_records_and_entries(database_url: str) -> None:
+    _alembic(database_url, "upgrade", "0003")
+    engine = create_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO users (id, email, created_at) "
+                "VALUES ('user-a', 'a@example.com', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO organizations (id, name, balance, reserved, created_at) "
+                "VALUES ('org-a', 'A', 700, 300, CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO generations (id, organization_id, user_id, engine_id, task, "
+                "parameters, status, cost, created_at, runner) VALUES ('gen-1', 'org-a', "
+                "'user-a', 'e', 'text-to-image', '{}', 'running', 300, CURRENT_TIMESTAMP, "
+                "'old-host:1')"
+            )
+        )
+        for kind, amount, balance, generation in (
+            ("grant", 1000, 1000, None),
+            ("reserve", 300, 700, "gen-1"),
+        ):
+            connection.execute(
+                text(
+                    "INSERT INTO ledger_entries (organization_id, kind, amount, balance_after, "
+                    "generation_id, created_at) VALUES ('org-a', :kind, :amount, :balance, "
+                    ":generation, CURRENT_TIMESTAMP)"
+                ),
+                {"kind": kind, "amount": amount, "balance": balance, "generation": generation},
+            )
+    engine.dispose()
+    database = Database(database_url)  # migrates to head
+    try:
+        with database.session.begin() as session:
+            record = session.get(Generation, ("org-a", "gen-1"))
+            assert record is not None and record.runner == "old-host:1"
+            assert ledger.finish(session, "org-a", "gen-1", GenerationStatus.FAILED)
+        with database.session() as session:
+            check = ledger.audit(session, "org-a")
+            assert check.adds_up and (check.balance, check.reserved) == (1000, 0)
+            # New entries number on after the copied ones.
+            assert [e.id for e in ledger.entries(session, "org-a")] == [1, 2, 3]
+    finally:
+        database.dispose()

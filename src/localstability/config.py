@@ -120,6 +120,41 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long queued and running generations may take to finish "
         "before they are cancelled and refunded.",
     )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="How long a client may take to send a request's line and headers, from "
+        "its first byte (or from the connection's start); then the connection is closed.",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Open client connections the server holds at most; a connection beyond "
+        "is answered 503 and closed at once (keep it under the process's file limit).",
+    )
+    runner_heartbeat_s: float = Field(
+        10.0,
+        gt=0,
+        description="How often a server process writes that it is alive (its runner row), and "
+        "looks for generations that dead processes left unfinished.",
+    )
+    runner_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="A process not heard of for this long is taken for dead: what it held is "
+        "refunded by any other process of the deployment.",
+    )
+    generation_retention_days: float = Field(
+        90.0,
+        ge=0,
+        description="How long the records of charged generations are kept; 0: for ever.",
+    )
+    refunded_retention_hours: float = Field(
+        24.0,
+        ge=0,
+        description="How long the records of failed and cancelled generations (refunded: "
+        "nothing was spent) and their reserve and refund entries are kept; 0: for ever.",
+    )
     trim_memory: bool = Field(
         True,
         description="Return freed memory to the OS after each job (lower resident memory; "

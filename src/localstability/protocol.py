@@ -11,6 +11,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 UINT32_MAX = 4_294_967_295
+# Ours (the hosted API sets no bound): every prompt is encoded before the first step, so their
+# number is what one request may make the device do before it can be stopped between steps.
+MAX_TEXT_PROMPTS = 10
+PROMPTS_DESCRIPTION = (
+    f"At most {MAX_TEXT_PROMPTS} prompts (weights below 0 are negative prompts); each one "
+    "beyond the first positive and the first negative is priced as one more step"
+)
 
 
 class Sampler(StrEnum):
@@ -120,7 +127,9 @@ class GenerationRequestOptionalParams(WireModel):
 
 
 class TextToImageRequestBody(GenerationRequestOptionalParams):
-    text_prompts: list[TextPrompt] = Field(min_length=1)
+    text_prompts: list[TextPrompt] = Field(
+        min_length=1, max_length=MAX_TEXT_PROMPTS, description=PROMPTS_DESCRIPTION
+    )
     # Sizes are checked per engine, with the spec's error names; the schema states the floor.
     height: int = Field(
         512,
@@ -212,7 +221,9 @@ class MaskSource(StrEnum):
 class ImageToImageRequestBody(GenerationRequestOptionalParams):
     """The multipart fields of image-to-image other than the `init_image` file part."""
 
-    text_prompts: list[TextPrompt] = Field(min_length=1)
+    text_prompts: list[TextPrompt] = Field(
+        min_length=1, max_length=MAX_TEXT_PROMPTS, description=PROMPTS_DESCRIPTION
+    )
     init_image_mode: InitImageMode = InitImageMode.IMAGE_STRENGTH
     image_strength: float = Field(
         0.35,
@@ -232,7 +243,9 @@ class ImageToImageRequestBody(GenerationRequestOptionalParams):
 class MaskingRequestBody(GenerationRequestOptionalParams):
     """The multipart fields of masking other than the `init_image` / `mask_image` parts."""
 
-    text_prompts: list[TextPrompt] = Field(min_length=1)
+    text_prompts: list[TextPrompt] = Field(
+        min_length=1, max_length=MAX_TEXT_PROMPTS, description=PROMPTS_DESCRIPTION
+    )
     mask_source: MaskSource
 
 
@@ -241,7 +254,9 @@ class UpscaleRequestBody(WireModel):
 
     width: int | None = Field(None, ge=512, description="Desired width of the output image")
     height: int | None = Field(None, ge=512, description="Desired height of the output image")
-    text_prompts: list[TextPrompt] | None = Field(None, min_length=1)
+    text_prompts: list[TextPrompt] | None = Field(
+        None, min_length=1, max_length=MAX_TEXT_PROMPTS, description=PROMPTS_DESCRIPTION
+    )
     seed: int = Field(0, ge=0, le=UINT32_MAX)
     steps: int = Field(30, ge=10, le=50)
     cfg_scale: float = Field(7, ge=0, le=35)

@@ -36,6 +36,7 @@ from localstability.service.accounts import AccountService
 from localstability.service.admin import AdminService
 from localstability.service.billing import Billing
 from localstability.service.generation import GenerationService
+from localstability.service.housekeeping import housekeeping
 from localstability.service.ratelimit import RateLimiter
 from localstability.store.db import Database
 
@@ -62,7 +63,7 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
         generation=GenerationService(settings, pipelines),
         admin=AdminService(database, actor="admin-api"),
         jobs=LocalJobBackend(
-            Billing(database, settings.billing),
+            Billing(database, settings.billing, settings.runner_timeout_s),
             worker,
             max_queued=settings.max_queued_jobs,
             max_per_organization=settings.max_jobs_per_organization,
@@ -225,13 +226,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        context.jobs.billing.recover()
-        if settings.bootstrap_key:
-            bootstrap_key(context)
-        log.info("ready", extra={"engines": [e.id for e in context.generation.engines()]})
-        async with mcp.running():  # MCP tool calls in flight get the grace period too
-            yield
-            await stop_services(context, database, worker)
+        async with housekeeping(context.jobs.billing, settings):
+            if settings.bootstrap_key:
+                bootstrap_key(context)
+            log.info("ready", extra={"engines": [e.id for e in context.generation.engines()]})
+            async with mcp.running():  # MCP tool calls in flight get the grace period too
+                yield
+                await context.jobs.shutdown(settings.shutdown_grace_s)
+        await stop_services(context, database, worker)
 
     app = FastAPI(
         title="localstability",

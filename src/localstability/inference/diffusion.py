@@ -115,9 +115,8 @@ def _run(
     )
     seeds = [seed for part in parts for seed in part.seeds]
     with torch.inference_mode():
-        embeddings = stack_prompt_embeddings(
-            view, [(part.prompts, len(part.seeds)) for part in parts], view._execution_device
-        )
+        requests = [(part.prompts, len(part.seeds)) for part in parts]
+        embeddings = stack_prompt_embeddings(view, requests, view._execution_device, control)
         output = view(
             **embeddings,
             **call,

@@ -7,14 +7,19 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from localstability import errors
 from localstability.engines import Family
+from localstability.inference.control import NO_CONTROL, StepControl
 
 log = logging.getLogger(__name__)
+
+# How often a job that waits for a load looks whether it was cancelled.
+LOAD_POLL_S = 0.1
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -190,7 +195,12 @@ def download(source: WeightSource, offline: bool, models_dir: Path) -> Path:
 
 
 class PipelineCache:
-    """Pipelines loaded once per weight source and shared by every request for them."""
+    """Pipelines loaded once per weight source and shared by every request for them.
+
+    A load runs on a thread of its own while the job that asked for it waits, checking its
+    control: a job cancelled during a long load (or download) stops waiting at once, and
+    the load goes on for whoever asks next.
+    """
 
     def __init__(self, device: str, dtype: Any, offline: bool, models_dir: Path) -> None:
         self.device = device
@@ -199,20 +209,47 @@ class PipelineCache:
         self.models_dir = models_dir
         self._pipelines: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
-        self._key_locks: dict[tuple[str, ...], threading.Lock] = {}
+        self._loading: dict[tuple[str, ...], Future[Any]] = {}
 
-    def get(self, source: WeightSource) -> Any:
+    def get(self, source: WeightSource, control: StepControl = NO_CONTROL) -> Any:
         """The pipeline for `source`, loading it on first use (other callers wait for it)."""
         return self.get_or_load(
-            source, lambda: load_pipeline(source, self.device, self.dtype, self.offline)
+            source, lambda: load_pipeline(source, self.device, self.dtype, self.offline), control
         )
 
-    def get_or_load(self, source: WeightSource, load: Callable[[], Any]) -> Any:
-        """The cached model for `source`, or `load()` once under a per-source lock."""
+    def get_or_load(
+        self, source: WeightSource, load: Callable[[], Any], control: StepControl = NO_CONTROL
+    ) -> Any:
+        """The cached model for `source`, or `load()` once (a failed load is tried again by
+        the next caller)."""
         key = source.cache_key
         with self._lock:
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:
-            if key not in self._pipelines:
-                self._pipelines[key] = load()
-            return self._pipelines[key]
+            if key in self._pipelines:
+                return self._pipelines[key]
+            future = self._loading.get(key)
+            if future is None:
+                future = self._loading[key] = Future()
+                name = f"load-{source.engine_id}"
+                threading.Thread(
+                    target=self._load, args=(key, load, future), name=name, daemon=True
+                ).start()
+        while True:
+            control.check()
+            try:
+                return future.result(timeout=LOAD_POLL_S)
+            except TimeoutError:
+                if future.done():  # the load itself raised it
+                    raise
+
+    def _load(self, key: tuple[str, ...], load: Callable[[], Any], future: Future[Any]) -> None:
+        try:
+            value = load()
+        except BaseException as exc:
+            with self._lock:
+                del self._loading[key]
+            future.set_exception(exc)
+            return
+        with self._lock:
+            self._pipelines[key] = value
+            del self._loading[key]
+        future.set_result(value)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from localstability.inference.control import NO_CONTROL, StepControl
+
 
 @dataclass(frozen=True)
 class WeightedPrompt:
@@ -31,15 +33,14 @@ def _encode(pipe: Any, text: str, device: Any) -> tuple[Any, Any | None]:
     return embeds, None
 
 
-def _accumulate(total: Any, term: Any) -> Any:
-    return term if total is None else total + term
-
-
-def _blend(pipe: Any, prompts: list[tuple[str, float]], device: Any) -> tuple[Any, Any | None]:
+def _blend(
+    pipe: Any, prompts: list[tuple[str, float]], device: Any, control: StepControl
+) -> tuple[Any, Any | None]:
     total = sum(weight for _, weight in prompts)
     embeds_sum: Any = None
     pooled_sum: Any = None
     for text, weight in prompts:
+        control.check()  # each encoding takes a while: a cancelled job stops between them
         embeds, pooled = _encode(pipe, text, device)
         coefficient = weight / total
         embeds_sum = (
@@ -53,17 +54,18 @@ def _blend(pipe: Any, prompts: list[tuple[str, float]], device: Any) -> tuple[An
 
 
 def encode_weighted_prompts(
-    pipe: Any, prompts: list[WeightedPrompt], device: Any
+    pipe: Any, prompts: list[WeightedPrompt], device: Any, control: StepControl = NO_CONTROL
 ) -> dict[str, Any]:
-    """Keyword arguments (prompt_embeds, ...) for a Stable Diffusion pipeline call."""
+    """Keyword arguments (prompt_embeds, ...) for a Stable Diffusion pipeline call;
+    `control` may stop it between two prompts."""
     positives = [(p.text, p.weight) for p in prompts if p.weight > 0]
     negatives = [(p.text, -p.weight) for p in prompts if p.weight < 0]
-    embeds, pooled = _blend(pipe, positives, device)
+    embeds, pooled = _blend(pipe, positives, device, control)
     kwargs: dict[str, Any] = {"prompt_embeds": embeds}
     if pooled is not None:
         kwargs["pooled_prompt_embeds"] = pooled
     if negatives:
-        negative_embeds, negative_pooled = _blend(pipe, negatives, device)
+        negative_embeds, negative_pooled = _blend(pipe, negatives, device, control)
         kwargs["negative_prompt_embeds"] = negative_embeds
         if negative_pooled is not None:
             kwargs["negative_pooled_prompt_embeds"] = negative_pooled
@@ -89,15 +91,20 @@ def _complete_negatives(pipe: Any, kwargs: dict[str, Any], device: Any) -> dict[
 
 
 def stack_prompt_embeddings(
-    pipe: Any, requests: list[tuple[list[WeightedPrompt], int]], device: Any
+    pipe: Any,
+    requests: list[tuple[list[WeightedPrompt], int]],
+    device: Any,
+    control: StepControl = NO_CONTROL,
 ) -> dict[str, Any]:
     """Keyword arguments for one pipeline call over several requests: each request's
-    (prompts, samples) gives `samples` rows, in order; call with num_images_per_prompt=1."""
+    (prompts, samples) gives `samples` rows, in order; call with num_images_per_prompt=1.
+    `control` may stop it between two prompts."""
     import torch
 
     rows: dict[str, list[Any]] = {}
     for prompts, samples in requests:
-        kwargs = _complete_negatives(pipe, encode_weighted_prompts(pipe, prompts, device), device)
+        encoded = encode_weighted_prompts(pipe, prompts, device, control)
+        kwargs = _complete_negatives(pipe, encoded, device)
         for name, tensor in kwargs.items():
             rows.setdefault(name, []).extend([tensor] * samples)
     return {name: torch.cat(tensors) for name, tensors in rows.items()}

@@ -19,8 +19,14 @@ LATENT_UPSCALE_FACTOR = 4
 LATENT_INPUT_MULTIPLE = 8
 
 
-def load_esrgan(cache: PipelineCache, source: WeightSource, fallback: WeightSource | None) -> Any:
-    """The spandrel model for `source`; when it can't be had, `fallback` (logged)."""
+def load_esrgan(
+    cache: PipelineCache,
+    source: WeightSource,
+    fallback: WeightSource | None,
+    control: StepControl = NO_CONTROL,
+) -> Any:
+    """The spandrel model for `source`; when it can't be had, `fallback` (logged). `control`
+    may stop the wait for a load (which goes on, for the next job)."""
 
     def load(candidate: WeightSource) -> Any:
         from localstability.upscalers.esrgan import load_upscaler
@@ -32,7 +38,7 @@ def load_esrgan(cache: PipelineCache, source: WeightSource, fallback: WeightSour
             raise unavailable(candidate, str(exc)) from exc
 
     try:
-        return cache.get_or_load(source, lambda: load(source))
+        return cache.get_or_load(source, lambda: load(source), control)
     except errors.EngineUnavailable as exc:
         if fallback is None:
             raise
@@ -44,7 +50,7 @@ def load_esrgan(cache: PipelineCache, source: WeightSource, fallback: WeightSour
                 "fallback": fallback.source,
             },
         )
-        return cache.get_or_load(fallback, lambda: load(fallback))
+        return cache.get_or_load(fallback, lambda: load(fallback), control)
 
 
 def run_esrgan(
@@ -88,7 +94,7 @@ def run_latent_upscale(
     view.set_progress_bar_config(disable=True)
     control.check()
     with torch.inference_mode():
-        embeddings = encode_weighted_prompts(view, params.prompts, view._execution_device)
+        embeddings = encode_weighted_prompts(view, params.prompts, view._execution_device, control)
         output = view(
             **embeddings,
             image=small,

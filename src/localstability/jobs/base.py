@@ -48,6 +48,7 @@ class JobSpec:
     parameters: dict[str, Any]  # kept in the generation record
     cost: int  # micro-credits
     run: RunFn  # called on the inference thread
+    steps: int = 0  # the progress total known before it starts (0: known once it runs)
     id: str | None = None  # the client's choice (Generation-Id), else a new one
     batching: Batching | None = None  # None: the job always runs alone
 
@@ -69,6 +70,11 @@ class Job:
     batch_size: int = 0  # generations in the pipeline call it ran in (0: not started)
     control: StepControl = field(default_factory=StepControl)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(organization, id): a generation id is its organization's own."""
+        return self.organization_id, self.id
 
     def result(self) -> list[Artifact]:
         """The artifacts of a finished job, or the error it ended with."""

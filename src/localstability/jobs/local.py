@@ -57,7 +57,7 @@ class LocalJobBackend:
         self.max_per_organization = max_per_organization
         self.result_ttl_s = result_ttl_s
         self.batch_window_s = batch_window_s
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[tuple[str, str], Job] = {}  # by (organization, generation id)
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
         self._admitting: dict[str, int] = {}
         self._running: list[Job] = []  # the batch on the device (or being gathered)
@@ -65,7 +65,7 @@ class LocalJobBackend:
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
-        self._subscribers: dict[str, set[asyncio.Queue[JobView]]] = {}
+        self._subscribers: dict[tuple[str, str], set[asyncio.Queue[JobView]]] = {}
 
     # -- admission -------------------------------------------------------------------------
 
@@ -96,7 +96,7 @@ class LocalJobBackend:
                 headers={"Retry-After": "1"},
             )
         job_id = spec.id or uuid.uuid4().hex
-        if job_id in self._jobs:
+        if (org, job_id) in self._jobs:
             raise errors.DuplicateGenerationId(f"generation id {job_id} is in use already")
         self._admitting[org] = self._admitting.get(org, 0) + 1
         try:
@@ -119,7 +119,7 @@ class LocalJobBackend:
                 del self._admitting[org]
         job = Job(id=job_id, organization_id=org, spec=spec)
         job.control = StepControl(self._progress_reporter(job))  # it reports on `job` itself
-        self._jobs[job_id] = job
+        self._jobs[org, job_id] = job
         self._queues.setdefault(org, deque()).append(job)
         self._ensure_dispatcher()
         self._wakeup.set()
@@ -223,7 +223,7 @@ class LocalJobBackend:
                 job.step, job.total = step, total
                 # Wake the event loop only for a watcher: each wake-up takes the GIL from
                 # the inference thread.
-                if self._subscribers.get(job.id):
+                if self._subscribers.get(job.key):
                     loop.call_soon_threadsafe(self._publish, job)
 
         return report
@@ -245,7 +245,7 @@ class LocalJobBackend:
 
         def work() -> list[list[GeneratedImage]]:
             control.check()  # cancelled between dispatch and start
-            self.billing.start(*(job.id for job in live))
+            self.billing.start(*(job.key for job in live))
             if len(live) == 1:
                 return [live[0].spec.run(control)]
             batching = live[0].spec.batching
@@ -275,9 +275,9 @@ class LocalJobBackend:
 
     async def _complete(self, job: Job, images: list[GeneratedImage]) -> None:
         try:
-            artifacts = await asyncio.to_thread(to_artifacts, images)
+            artifacts = await asyncio.to_thread(to_artifacts, images, job.control.check)
             reasons = [a.finish_reason.value for a in artifacts]
-            await asyncio.to_thread(self.billing.succeed, job.id, reasons)
+            await asyncio.to_thread(self.billing.succeed, job.key, reasons)
         except Exception as exc:
             job.settled = False
             await self._failed(job, exc)
@@ -308,7 +308,7 @@ class LocalJobBackend:
     async def _end(self, job: Job, status: GenerationStatus, error: errors.ApiError) -> None:
         """A job that made no images: refund, record why, wake its waiters."""
         job.settled = True
-        await asyncio.to_thread(self.billing.end, job.id, status, f"{error.name}: {error.message}")
+        await asyncio.to_thread(self.billing.end, job.key, status, f"{error.name}: {error.message}")
         job.error = error
         self._finish(job, status)
 
@@ -343,10 +343,7 @@ class LocalJobBackend:
         return job.result()
 
     def get(self, job_id: str, organization_id: str) -> Job | None:
-        job = self._jobs.get(job_id)
-        if job is None or job.organization_id != organization_id:
-            return None
-        return job
+        return self._jobs.get((organization_id, job_id))
 
     def queue_position(self, job: Job) -> int | None:
         """How many jobs will start before this queued one (0: it is next)."""
@@ -370,7 +367,7 @@ class LocalJobBackend:
             id=job.id,
             status=job.status.value,
             step=job.step,
-            total=job.total or job.spec.parameters.get("steps", 0) or 0,
+            total=job.total or job.spec.steps,
             queue_position=self.queue_position(job),
             batch_size=job.batch_size,
         )
@@ -388,10 +385,14 @@ class LocalJobBackend:
                 await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
                 self._publish_all_queued()
                 return job
-        if job.status == GenerationStatus.RUNNING and not job.settled:
-            job.control.cancel()  # the worker stops at the next step; _execute refunds
-            if job in self._running and any(
-                not other.control.cancelled for other in self._running
+        if job.status == GenerationStatus.RUNNING and not job.done.is_set():
+            # The worker stops at its next step (or prompt, or tile); one whose images are
+            # being encoded stops before the next image. Either way it is refunded.
+            job.control.cancel()
+            if (
+                not job.settled
+                and job in self._running
+                and any(not other.control.cancelled for other in self._running)
             ):  # the rest of its batch runs on: it leaves now, its images will be dropped
                 await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
         return job
@@ -399,7 +400,7 @@ class LocalJobBackend:
     # -- events ----------------------------------------------------------------------------
 
     def _publish(self, job: Job) -> None:
-        subscribers = self._subscribers.get(job.id)
+        subscribers = self._subscribers.get(job.key)
         if not subscribers:
             return
         view = self.view(job)
@@ -413,7 +414,7 @@ class LocalJobBackend:
 
     async def events(self, job: Job) -> AsyncIterator[JobView]:
         updates: asyncio.Queue[JobView] = asyncio.Queue()
-        self._subscribers.setdefault(job.id, set()).add(updates)
+        self._subscribers.setdefault(job.key, set()).add(updates)
         try:
             last = self.view(job)
             yield last
@@ -421,22 +422,22 @@ class LocalJobBackend:
                 last = await updates.get()
                 yield last
         finally:
-            subscribers = self._subscribers.get(job.id, set())
+            subscribers = self._subscribers.get(job.key, set())
             subscribers.discard(updates)
             if not subscribers:
-                self._subscribers.pop(job.id, None)
+                self._subscribers.pop(job.key, None)
 
     # -- housekeeping ----------------------------------------------------------------------
 
     def _prune(self) -> None:
         """Forget results older than result_ttl_s."""
         now = time.monotonic()
-        for job_id in [
-            j.id
-            for j in self._jobs.values()
+        for key in [
+            key
+            for key, j in self._jobs.items()
             if j.finished is not None and now - j.finished > self.result_ttl_s
         ]:
-            del self._jobs[job_id]
+            del self._jobs[key]
 
     def pending(self) -> int:
         return self._queued_count() + len(self._running) + len(self._completing)

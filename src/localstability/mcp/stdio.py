@@ -19,6 +19,7 @@ from localstability.config import Settings
 from localstability.mcp.server import build_server
 from localstability.mcp.tools import ImageTools
 from localstability.service.accounts import AccountService
+from localstability.service.housekeeping import housekeeping
 from localstability.store.accounts import Principal
 
 
@@ -45,9 +46,11 @@ async def serve_stdio(settings: Settings, api_key: str, organization: str | None
     try:
         caller = KeyPrincipal(context.accounts, api_key, organization)
         caller.authenticate()
-        context.jobs.billing.recover()
         server = build_server(ImageTools(context), caller)
-        async with stdio_server() as (read_stream, write_stream):
+        async with (
+            housekeeping(context.jobs.billing, settings),
+            stdio_server() as (read_stream, write_stream),
+        ):
             await server.run(read_stream, write_stream, server.create_initialization_options())
     finally:
         await stop_services(context, database, worker)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +26,13 @@ def encode_png(image: Any) -> bytes:
     return buffer.getvalue()
 
 
-def to_artifacts(images: list[diffusion.GeneratedImage]) -> list[Artifact]:
-    return [
-        Artifact(
-            png=encode_png(generated.image),
-            seed=generated.seed,
-            finish_reason=FinishReason.CONTENT_FILTERED if generated.nsfw else FinishReason.SUCCESS,
-        )
-        for generated in images
-    ]
+def to_artifacts(
+    images: list[diffusion.GeneratedImage], check: Callable[[], None] = lambda: None
+) -> list[Artifact]:
+    """PNG artifacts of the images; `check` runs before each one (a cancelled job raises)."""
+    artifacts = []
+    for generated in images:
+        check()
+        reason = FinishReason.CONTENT_FILTERED if generated.nsfw else FinishReason.SUCCESS
+        artifacts.append(Artifact(encode_png(generated.image), generated.seed, reason))
+    return artifacts

@@ -2,6 +2,12 @@
 
 Each step is one database transaction (see localstability.store.ledger). With billing
 switched off the generation is still recorded, at cost 0, and nothing moves.
+
+Every server process is a runner with a boot id of its own (`Runner`), which it writes into
+the generations it takes and keeps alive in the database (`heartbeat`). `recover` refunds
+what dead runners left queued or running: a runner on this host whose process is gone, or
+whose PID a new process now has (a restarted container's server is PID 1 again), at once;
+any other runner once it has not been seen for `runner_timeout_s`.
 """
 
 from __future__ import annotations
@@ -10,13 +16,16 @@ import logging
 import os
 import socket
 import uuid
+from datetime import timedelta
 from typing import Any
+
+from sqlalchemy import delete, select, update
 
 from localstability.engines import EngineSpec, Task
 from localstability.store import ledger
 from localstability.store.accounts import Principal
 from localstability.store.db import Database
-from localstability.store.models import Generation, GenerationStatus
+from localstability.store.models import Generation, GenerationStatus, Runner, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +35,12 @@ INTERRUPTED = (
     "its credits were refunded"
 )
 
-
-def this_runner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+GenerationKey = tuple[str, str]  # (organization_id, generation id)
 
 
-def _runner_is_dead(runner: str | None, host: str) -> bool:
-    """True for a runner on this host whose process is gone (or a record with no runner)."""
-    if not runner:
-        return True
-    runner_host, _, pid = runner.rpartition(":")
-    if runner_host != host or not pid.isdigit():
-        return False  # another machine's: only it knows
-    if int(pid) == os.getpid():
-        return False
+def _process_gone(pid: int) -> bool:
     try:
-        os.kill(int(pid), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return True
     except PermissionError:
@@ -50,25 +49,89 @@ def _runner_is_dead(runner: str | None, host: str) -> bool:
 
 
 class Billing:
-    def __init__(self, database: Database, enabled: bool = True) -> None:
+    def __init__(
+        self, database: Database, enabled: bool = True, runner_timeout_s: float = 60.0
+    ) -> None:
         self.database = database
         self.enabled = enabled
-        self.runner = this_runner()
+        self.runner_timeout_s = runner_timeout_s
+        self.runner = uuid.uuid4().hex  # this process's boot id
+        self.host = socket.gethostname()
+
+    # -- runners ---------------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Say that this process lives (registering it the first time)."""
+        with self.database.session.begin() as session:
+            seen = session.execute(
+                update(Runner).where(Runner.id == self.runner).values(seen_at=utcnow())
+            )
+            if not getattr(seen, "rowcount", 0):  # the first time (or taken for dead)
+                session.add(Runner(id=self.runner, host=self.host[:255], pid=os.getpid()))
+
+    def retire(self) -> None:
+        """This process stops (its generations have all ended): forget it."""
+        with self.database.session.begin() as session:
+            session.execute(delete(Runner).where(Runner.id == self.runner))
+
+    def _dead(self, runner: Runner | None) -> bool:
+        if runner is None:  # no such runner (an older "host:pid" record, or long gone)
+            return True
+        if runner.id == self.runner:
+            return False
+        if runner.host == self.host and (runner.pid == os.getpid() or _process_gone(runner.pid)):
+            return True  # its process is gone, or this process has its PID now
+        return utcnow() - runner.seen_at > timedelta(seconds=self.runner_timeout_s)
 
     def recover(self) -> int:
-        """Refund the generations that a dead server process on this machine left unfinished.
-
-        Run at start: a crash or a kill between reservation and charge must not keep
-        credits held, nor leave records "running" for ever. Returns how many were refunded.
-        """
-        host = socket.gethostname()
+        """Refund the generations that dead runners left queued or running, and forget those
+        runners. Run at start and then every heartbeat: a crash or a kill between reservation
+        and charge must not keep credits held, nor leave records "running" for ever. Returns
+        how many were refunded."""
         with self.database.session.begin() as session:
-            stale = [g.id for g in ledger.unfinished(session) if _runner_is_dead(g.runner, host)]
-            for generation_id in stale:
-                ledger.finish(session, generation_id, GenerationStatus.FAILED, error=INTERRUPTED)
+            runners = {r.id: r for r in session.scalars(select(Runner)).all()}
+            dead = {runner_id for runner_id, r in runners.items() if self._dead(r)}
+            stale = [
+                (g.organization_id, g.id)
+                for g in ledger.unfinished(session)
+                if (g.runner in dead) or (g.runner not in runners)
+            ]
+            for organization_id, generation_id in stale:
+                ledger.finish(
+                    session,
+                    organization_id,
+                    generation_id,
+                    GenerationStatus.FAILED,
+                    error=INTERRUPTED,
+                )
+            if dead:
+                session.execute(delete(Runner).where(Runner.id.in_(dead)))
         if stale:
             log.warning("refunded interrupted generations", extra={"count": len(stale)})
         return len(stale)
+
+    def purge(self, charged_days: float, refunded_hours: float, batch: int = 500) -> int:
+        """Remove the records kept past their retention (0: kept for ever): charged ones
+        after `charged_days`, refunded ones (failed, cancelled) after `refunded_hours`.
+        Returns how many went."""
+        now = utcnow()
+        rules = [(GenerationStatus.SUCCEEDED, timedelta(days=charged_days))] if charged_days else []
+        if refunded_hours:
+            kept = timedelta(hours=refunded_hours)
+            rules += [(GenerationStatus.FAILED, kept), (GenerationStatus.CANCELLED, kept)]
+        removed = 0
+        for status, kept in rules:
+            while True:  # in batches: one short transaction each
+                with self.database.session.begin() as session:
+                    count = ledger.purge(session, status, now - kept, batch)
+                removed += count
+                if count < batch:
+                    break
+        if removed:
+            log.info("purged generation records", extra={"count": removed})
+        return removed
+
+    # -- one generation --------------------------------------------------------------------
 
     def reserve(
         self,
@@ -98,29 +161,26 @@ class Billing:
     def record(self, generation_id: str, organization_id: str) -> Generation | None:
         """The organization's generation record `generation_id`, if there is one."""
         with self.database.session() as session:
-            generation = session.get(Generation, generation_id)
-        if generation is None or generation.organization_id != organization_id:
-            return None
-        return generation
+            return session.get(Generation, (organization_id, generation_id))
 
-    def start(self, *generation_ids: str) -> None:
+    def start(self, *generations: GenerationKey) -> None:
         """The generations start, together in one pipeline call when there are several."""
         with self.database.session.begin() as session:
-            for generation_id in generation_ids:
-                ledger.start(session, generation_id, batch_size=len(generation_ids))
+            for organization_id, generation_id in generations:
+                ledger.start(session, organization_id, generation_id, len(generations))
 
-    def succeed(self, generation_id: str, finish_reasons: list[str]) -> None:
+    def succeed(self, generation: GenerationKey, finish_reasons: list[str]) -> None:
         with self.database.session.begin() as session:
             ledger.finish(
                 session,
-                generation_id,
+                *generation,
                 GenerationStatus.SUCCEEDED,
                 finish_reasons=finish_reasons,
             )
 
-    def end(self, generation_id: str, status: GenerationStatus, error: str) -> None:
+    def end(self, generation: GenerationKey, status: GenerationStatus, error: str) -> None:
         """Refund: the generation failed or was cancelled."""
         with self.database.session.begin() as session:
-            refunded = ledger.finish(session, generation_id, status, error=error)
+            refunded = ledger.finish(session, *generation, status, error=error)
         if refunded:
-            log.info("generation refunded", extra={"generation": generation_id, "status": status})
+            log.info("generation refunded", extra={"generation": generation[1], "status": status})

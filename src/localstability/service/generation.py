@@ -31,6 +31,7 @@ from localstability.protocol import (
 from localstability.service.images import decode_upload
 from localstability.service.pricing import cost_micros
 from localstability.service.prompts import weighted_prompts
+from localstability.service.records import extra_prompts, request_summary
 from localstability.service.seeds import sample_seeds
 from localstability.store.accounts import Principal
 
@@ -119,6 +120,7 @@ class GenerationService:
         height: int,
         steps: int | None = None,
         samples: int = 1,
+        prompts: list[WeightedPrompt] | None = None,
     ) -> int:
         """The price in micro-credits (see localstability.service.pricing)."""
         factor = self.settings.engine_config(engine.id).cost_factor
@@ -128,6 +130,7 @@ class GenerationService:
             height=height,
             steps=steps,
             samples=samples,
+            extra_prompts=extra_prompts(prompts or []),
         )
 
     def batch_max_images(self, engine: EngineSpec) -> int:
@@ -144,15 +147,17 @@ class GenerationService:
         body: BaseModel,
         cost: int,
         run: RunFn,
+        steps: int,
         batching: Batching | None = None,
     ) -> JobSpec:
         return JobSpec(
             principal=principal,
             engine=engine,
             task=task,
-            parameters=body.model_dump(mode="json"),
+            parameters=request_summary(body),
             cost=cost,
             run=run,
+            steps=steps,
             batching=batching,
         )
 
@@ -166,12 +171,13 @@ class GenerationService:
         run: Callable[[Any, Any, StepControl], list[list[diffusion.GeneratedImage]]],
         params: diffusion.DiffusionParams,
         size: tuple[int, int],
+        steps: int,
     ) -> JobSpec:
         """A diffusion job; queued jobs with the same weights, task and batch_key() may run
         together (see localstability.inference.diffusion)."""
 
         def batch(parts: list[Any], control: StepControl) -> list[list[diffusion.GeneratedImage]]:
-            return run(self.pipelines.get(source), parts, control)
+            return run(self.pipelines.get(source, control), parts, control)
 
         def job(control: StepControl) -> list[diffusion.GeneratedImage]:
             return batch([params], control)[0]
@@ -183,8 +189,10 @@ class GenerationService:
             part=params,
             run=batch,
         )
-        cost = self.cost(engine, *size, steps=body.steps, samples=body.samples)
-        return self._spec(principal, engine, task, body, cost, job, batching)
+        cost = self.cost(
+            engine, *size, steps=body.steps, samples=body.samples, prompts=params.prompts
+        )
+        return self._spec(principal, engine, task, body, cost, job, steps, batching)
 
     async def text_to_image(
         self,
@@ -211,6 +219,7 @@ class GenerationService:
             diffusion.run_text_to_image,
             params,
             (width, height),
+            params.steps,
         )
 
     async def image_to_image(
@@ -243,6 +252,7 @@ class GenerationService:
             diffusion.run_image_to_image,
             params,
             init_image.size,
+            diffusion.steps_run(params.steps, strength, skip_end),
         )
 
     async def masking(
@@ -279,6 +289,7 @@ class GenerationService:
             diffusion.run_inpaint,
             params,
             init_image.size,
+            params.steps,
         )
 
     async def upscale(
@@ -300,12 +311,13 @@ class GenerationService:
             fallback = fallback_source(self.settings, engine)
 
             def esrgan_job(control: StepControl) -> list[diffusion.GeneratedImage]:
-                model = upscale.load_esrgan(self.pipelines, source, fallback)
+                model = upscale.load_esrgan(self.pipelines, source, fallback, control)
                 result = upscale.run_esrgan(model, image, width, height, control)
                 return [diffusion.GeneratedImage(result, seed, False)]
 
             cost = self.cost(engine, width, height)
-            return self._spec(principal, engine, Task.UPSCALE, body, cost, esrgan_job)
+            # Its progress counts tiles, which are known once it starts.
+            return self._spec(principal, engine, Task.UPSCALE, body, cost, esrgan_job, 0)
         prompts = (
             weighted_prompts(body.text_prompts, None)
             if body.text_prompts
@@ -322,11 +334,12 @@ class GenerationService:
         )
 
         def latent_job(control: StepControl) -> list[diffusion.GeneratedImage]:
-            result = upscale.run_latent_upscale(self.pipelines.get(source), params, control)
+            pipe = self.pipelines.get(source, control)
+            result = upscale.run_latent_upscale(pipe, params, control)
             return [diffusion.GeneratedImage(result, seed, False)]
 
-        cost = self.cost(engine, width, height, steps=body.steps)
-        return self._spec(principal, engine, Task.UPSCALE, body, cost, latent_job)
+        cost = self.cost(engine, width, height, steps=body.steps, prompts=prompts)
+        return self._spec(principal, engine, Task.UPSCALE, body, cost, latent_job, body.steps)
 
     async def _mask(
         self, mask_source: MaskSource, init_image: PILImage.Image, files: dict[str, bytes]

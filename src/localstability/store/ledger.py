@@ -15,9 +15,10 @@ the unique (generation_id, kind) constraint backs that up in the database itself
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from localstability import errors
@@ -65,6 +66,11 @@ def grant(
     """Add `amount` micro-credits (negative: take them away, never below zero; the balance
     never above MAX_MICROS)."""
     organization(session, organization_id)
+    if amount == 0:
+        raise errors.BadRequest(
+            f"a grant moves at least one micro-credit ({credits(1):.6f} credits); "
+            "this one rounds to none"
+        )
     if abs(amount) > MAX_MICROS:
         raise errors.BadRequest(f"a grant moves at most {credits(MAX_MICROS):g} credits")
     balance = session.scalar(
@@ -130,11 +136,16 @@ def reserve(session: Session, generation: Generation) -> None:
     )
 
 
-def start(session: Session, generation_id: str, batch_size: int = 1) -> bool:
+def _is(organization_id: str, generation_id: str) -> Any:
+    """The WHERE clause that picks one organization's generation."""
+    return (Generation.organization_id == organization_id) & (Generation.id == generation_id)
+
+
+def start(session: Session, organization_id: str, generation_id: str, batch_size: int = 1) -> bool:
     """queued -> running; False when the generation already left the queue."""
     result = session.execute(
         update(Generation)
-        .where(Generation.id == generation_id, Generation.status == GenerationStatus.QUEUED)
+        .where(_is(organization_id, generation_id), Generation.status == GenerationStatus.QUEUED)
         .values(status=GenerationStatus.RUNNING, started_at=utcnow(), batch_size=batch_size)
     )
     return bool(getattr(result, "rowcount", 0))
@@ -142,6 +153,7 @@ def start(session: Session, generation_id: str, batch_size: int = 1) -> bool:
 
 def finish(
     session: Session,
+    organization_id: str,
     generation_id: str,
     status: GenerationStatus,
     *,
@@ -157,7 +169,7 @@ def finish(
     row = session.execute(
         update(Generation)
         .where(
-            Generation.id == generation_id,
+            _is(organization_id, generation_id),
             Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING]),
         )
         .values(
@@ -166,11 +178,11 @@ def finish(
             finish_reasons=finish_reasons,
             error=error[:2000] if error else None,
         )
-        .returning(Generation.organization_id, Generation.cost)
+        .returning(Generation.cost)
     ).first()
     if row is None:
         return False
-    organization_id, cost = row
+    cost = row[0]
     if cost <= 0:
         return True
     if status == GenerationStatus.SUCCEEDED:
@@ -205,6 +217,38 @@ def unfinished(session: Session) -> list[Generation]:
             )
         ).all()
     )
+
+
+def purge(session: Session, status: GenerationStatus, before: datetime, limit: int = 500) -> int:
+    """Remove up to `limit` records of generations that ended with `status` before `before`;
+    how many went.
+
+    A refunded generation (failed, cancelled) goes with its reserve and refund entries: they
+    move the same amount both ways, so every sum of the ledger stays what it was. A charged
+    one leaves its entries, which only lose their link to the record (what was spent stays
+    in the books).
+    """
+    if status not in FINISHED:
+        raise ValueError(f"{status} is not a final status")
+    keys = [
+        tuple(row)
+        for row in session.execute(
+            select(Generation.organization_id, Generation.id)
+            .where(Generation.status == status, Generation.finished_at < before)
+            .limit(limit)
+        ).all()
+    ]
+    if not keys:
+        return 0
+    linked = tuple_(LedgerEntry.organization_id, LedgerEntry.generation_id).in_(keys)
+    if status == GenerationStatus.SUCCEEDED:
+        session.execute(update(LedgerEntry).where(linked).values(generation_id=None))
+    else:
+        session.execute(delete(LedgerEntry).where(linked))
+    session.execute(
+        delete(Generation).where(tuple_(Generation.organization_id, Generation.id).in_(keys))
+    )
+    return len(keys)
 
 
 @dataclass(frozen=True)

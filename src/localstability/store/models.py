@@ -14,6 +14,7 @@ from sqlalchemy import (
     Dialect,
     Enum,
     ForeignKey,
+    ForeignKeyConstraint,
     Integer,
     String,
     TypeDecorator,
@@ -131,16 +132,21 @@ FINISHED = (GenerationStatus.SUCCEEDED, GenerationStatus.FAILED, GenerationStatu
 
 
 class Generation(Base):
-    """One generation request: who asked, what, what it cost and how it ended."""
+    """One generation request: who asked, what, what it cost and how it ended.
+
+    A generation id is the organization's own (a client may choose it: Generation-Id), so
+    the key is (organization_id, id): one organization's ids say nothing of another's.
+    """
 
     __tablename__ = "generations"
 
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), primary_key=True)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id"))
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
     engine_id: Mapped[str] = mapped_column(String(64))
     task: Mapped[str] = mapped_column(String(32))
+    # A bounded summary of the request (service.records), never the raw body.
     parameters: Mapped[dict[str, Any]] = mapped_column(JsonType)
     status: Mapped[GenerationStatus] = mapped_column(
         Enum(GenerationStatus, native_enum=False, length=16, values_callable=_values),
@@ -149,13 +155,30 @@ class Generation(Base):
     cost: Mapped[int] = mapped_column(BigInteger, default=0)  # micro-credits
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
     finish_reasons: Mapped[list[str] | None] = mapped_column(JsonType, nullable=True)
     error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
-    # The server process that runs it ("host:pid"): a restart refunds what a dead one held.
+    # The server process that runs it (a Runner's id): what a dead one held is refunded.
     runner: Mapped[str | None] = mapped_column(String(128), nullable=True)
     # Generations that ran in the same pipeline call, this one included (batching).
     batch_size: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Runner(Base):
+    """A server process that runs generations, by a boot id no restart can share.
+
+    It writes `seen_at` every few seconds while it lives; a runner not seen for the
+    deployment's `runner_timeout_s`, or one on this host whose process is gone (or whose PID
+    a new process has taken), is dead, and what it held is refunded.
+    """
+
+    __tablename__ = "runners"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the boot id
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class LedgerEntry(Base):
@@ -164,7 +187,13 @@ class LedgerEntry(Base):
     __tablename__ = "ledger_entries"
     # One reserve, at most one charge and at most one refund per generation: a second
     # charge is refused by the database itself.
-    __table_args__ = (UniqueConstraint("generation_id", "kind"),)
+    __table_args__ = (
+        UniqueConstraint("organization_id", "generation_id", "kind"),
+        ForeignKeyConstraint(
+            ["organization_id", "generation_id"],
+            ["generations.organization_id", "generations.id"],
+        ),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
@@ -173,9 +202,7 @@ class LedgerEntry(Base):
     )
     amount: Mapped[int] = mapped_column(BigInteger)  # micro-credits
     balance_after: Mapped[int] = mapped_column(BigInteger)  # the spendable balance after it
-    generation_id: Mapped[str | None] = mapped_column(
-        ForeignKey("generations.id"), nullable=True, index=True
-    )
+    generation_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     actor: Mapped[str | None] = mapped_column(String(320), nullable=True)
     note: Mapped[str | None] = mapped_column(String(500), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
