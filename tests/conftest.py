@@ -93,8 +93,14 @@ class Books:
     """A deployment's accounts as its database holds them."""
 
     audits: list[Any]  # localstability.store.ledger.Audit, one per organization
-    records: dict[str, Record]  # every generation record, by id
-    moved: dict[tuple[str, str], int]  # (generation id, entry kind) -> micro-credits
+    every: list[tuple[str, Record]]  # every generation record, with its id
+    # (organization, generation id, entry kind) -> micro-credits
+    moved: dict[tuple[str, str, str], int]
+
+    @property
+    def records(self) -> dict[str, Record]:
+        """The records by id (ids that several organizations use: one of them)."""
+        return dict(self.every)
 
     def assert_settled(self) -> None:
         """Every ledger adds up and holds nothing back; no generation is unfinished; each one
@@ -103,15 +109,16 @@ class Books:
         for audit in self.audits:
             assert audit.adds_up, audit
             assert audit.reserved == 0, audit
-        for generation_id, record in self.records.items():
+        for generation_id, record in self.every:
             assert record.status in ("succeeded", "failed", "cancelled"), (generation_id, record)
             if record.cost <= 0:
                 continue
             settled = "charge" if record.status == "succeeded" else "refund"
             unsettled = "refund" if settled == "charge" else "charge"
-            moved = {kind: self.moved.get((generation_id, kind)) for kind in ("reserve", settled)}
+            key = (record.organization_id, generation_id)
+            moved = {kind: self.moved.get((*key, kind)) for kind in ("reserve", settled)}
             assert moved == {"reserve": record.cost, settled: record.cost}, (generation_id, record)
-            assert (generation_id, unsettled) not in self.moved, (generation_id, record)
+            assert (*key, unsettled) not in self.moved, (generation_id, record)
 
 
 @dataclass
@@ -149,17 +156,23 @@ class Deployment:
         try:
             with database.session() as session:
                 audits = [ledger.audit(session, o.id) for o in session.query(Organization).all()]
-                records = {
-                    g.id: Record(g.organization_id, g.status.value, g.cost, g.error)
+                every = [
+                    (g.id, Record(g.organization_id, g.status.value, g.cost, g.error))
                     for g in session.query(Generation).all()
-                }
+                ]
                 entry = LedgerEntry
                 moved = session.execute(
-                    select(entry.generation_id, entry.kind, func.sum(entry.amount))
-                    .where(LedgerEntry.generation_id.is_not(None))
-                    .group_by(LedgerEntry.generation_id, LedgerEntry.kind)
+                    select(
+                        entry.organization_id,
+                        entry.generation_id,
+                        entry.kind,
+                        func.sum(entry.amount),
+                    )
+                    .where(entry.generation_id.is_not(None))
+                    .group_by(entry.organization_id, entry.generation_id, entry.kind)
                 ).all()
-                return Books(audits, records, {(str(g), k.value): int(a) for g, k, a in moved})
+                sums = {(str(o), str(g), k.value): int(a) for o, g, k, a in moved}
+                return Books(audits, every, sums)
         finally:
             database.dispose()
 
@@ -192,12 +205,13 @@ def start_deployment(
     database: str,
     request: pytest.FixtureRequest,
     all_engines: bool = False,
+    replace: dict[str, str] | None = None,
     **env: str,
 ) -> Deployment:
     """`localstability serve` with the tiny models on SQLite or on the session's PostgreSQL.
 
     Unless `all_engines`, the latent upscaler's weights are missing: its jobs fail after the
-    reservation (a failure the billing tests need)."""
+    reservation (a failure the billing tests need). `replace` swaps engine sources."""
     directory.mkdir(parents=True, exist_ok=True)
     env = {
         "LOCALSTABILITY_DATA_DIR": str(directory / "data"),
@@ -211,6 +225,8 @@ def start_deployment(
     text = (tiny_dir / "localstability.toml").read_text()
     if not all_engines:
         text = text.replace(str(tiny_dir / "sd-x4-upscaler"), str(directory / "missing-weights"))
+    for old, new in (replace or {}).items():
+        text = text.replace(f'"{old}"', f'"{new}"')
     config.write_text(text)
     deployment = Deployment(start_server(config, directory / "server.log", env=env), env, config)
     request.addfinalizer(lambda: deployment.server.stop())

@@ -16,7 +16,7 @@ import typer
 from pydantic import BaseModel
 
 from localstability import errors
-from localstability.config import load_settings
+from localstability.config import Settings, load_settings
 from localstability.service.admin import AdminService
 
 users_app = typer.Typer(help="Users.", no_args_is_help=True)
@@ -32,6 +32,13 @@ OrgOption = Annotated[str, typer.Option("--org", help="The organization's id (or
 RoleOption = Annotated[str, typer.Option(help="OWNER, ADMIN or MEMBER.")]
 
 
+def settings_of(config: Path | None) -> Settings:
+    try:
+        return load_settings(config)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(f"no such configuration file: {exc.filename}") from None
+
+
 @contextmanager
 def admin_service(config: Path | None) -> Iterator[AdminService]:
     """The AdminService of the configured database.
@@ -41,11 +48,7 @@ def admin_service(config: Path | None) -> Iterator[AdminService]:
     """
     from localstability.store.db import Database
 
-    try:
-        settings = load_settings(config)
-    except FileNotFoundError as exc:
-        raise typer.BadParameter(f"no such configuration file: {exc.filename}") from None
-    database = Database(settings.sqlalchemy_url)
+    database = Database(settings_of(config).sqlalchemy_url)
     try:
         yield AdminService(database, actor="cli")
     except errors.ApiError as exc:
@@ -184,3 +187,25 @@ def ledger_generations(
     with admin_service(config) as admin:
         columns = ["id", "created_at", "engine_id", "task", "status", "credits", "seconds"]
         print_rows(admin.generations(org, limit), as_json, [*columns, "finish_reasons"])
+
+
+@ledger_app.command("purge")
+def ledger_purge(
+    charged_days: Annotated[
+        float | None,
+        typer.Option(help="Keep charged generations' records this many days (0: all)."),
+    ] = None,
+    refunded_hours: Annotated[
+        float | None,
+        typer.Option(help="Keep failed and cancelled ones' records this many hours (0: all)."),
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Remove generation records past their retention now (default: the configured
+    generation_retention_days and refunded_retention_hours; servers purge as they run)."""
+    settings = settings_of(config)
+    charged = settings.generation_retention_days if charged_days is None else charged_days
+    refunded = settings.refunded_retention_hours if refunded_hours is None else refunded_hours
+    with admin_service(config) as admin:
+        count = admin.purge(charged, refunded)
+    typer.echo(f"purged {count} generation record(s)")

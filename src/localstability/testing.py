@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,14 +82,16 @@ def start_server(
     log_path: Path,
     timeout: float = 120,
     env: dict[str, str] | None = None,
+    prefix: Sequence[str] = (),
     **extra: str,
 ) -> ServerProcess:
-    """Start `localstability serve --config CONFIG` and wait until it answers."""
+    """Start `localstability serve --config CONFIG` (behind `prefix`, a command such as
+    `unshare ...`) and wait until it answers."""
     env = {**(env or {}), **extra}
     port = free_port()
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            [*CLI, "serve", "--config", str(config), "--port", str(port)],
+            [*prefix, *CLI, "serve", "--config", str(config), "--port", str(port)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=cli_env(**env),

@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 
 # How often a job that waits for a load looks whether it was cancelled.
 LOAD_POLL_S = 0.1
+# One load at a time in the process: two at once would race in diffusers' lazy imports (seen:
+# "module 'diffusers' has no attribute 'StableDiffusionPipeline'") and hold two models' worth
+# of memory while they read.
+_ONE_LOAD = threading.Lock()
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -197,9 +201,9 @@ def download(source: WeightSource, offline: bool, models_dir: Path) -> Path:
 class PipelineCache:
     """Pipelines loaded once per weight source and shared by every request for them.
 
-    A load runs on a thread of its own while the job that asked for it waits, checking its
-    control: a job cancelled during a long load (or download) stops waiting at once, and
-    the load goes on for whoever asks next.
+    A load runs on a thread of its own (one load at a time) while the job that asked for it
+    waits, checking its control: a job cancelled during a long load (or download) stops
+    waiting at once, and the load goes on for whoever asks next.
     """
 
     def __init__(self, device: str, dtype: Any, offline: bool, models_dir: Path) -> None:
@@ -243,7 +247,8 @@ class PipelineCache:
 
     def _load(self, key: tuple[str, ...], load: Callable[[], Any], future: Future[Any]) -> None:
         try:
-            value = load()
+            with _ONE_LOAD:
+                value = load()
         except BaseException as exc:
             with self._lock:
                 del self._loading[key]

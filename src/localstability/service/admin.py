@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from localstability.protocol import AccountResponseBody
 from localstability.service.accounts import account_of
+from localstability.service.billing import Billing
 from localstability.store import accounts, ledger
 from localstability.store.db import Database
 from localstability.store.models import Generation, LedgerEntry, Organization
@@ -209,6 +210,10 @@ class AdminService:
                 )
                 for g in records
             ]
+
+    def purge(self, charged_days: float, refunded_hours: float) -> int:
+        """Remove generation records past their retention now (servers do it as they run)."""
+        return Billing(self.database).purge(charged_days, refunded_hours)
 
     def create_key(self, email: str, credits: float = 0.0) -> NewKey:
         """A key for `email` (a new user gets their own organization holding `credits`)."""
