@@ -69,6 +69,16 @@ DOCUMENTED = {
             GENERATIONS, ("application/json",) + ("multipart/form-data",) * 3, strict=True
         )
     },
+    # At most 10 text prompts (the spec sets no bound; every prompt is encoded before a step).
+    **{
+        f"/v1/generation/{{engine_id}}/{g} post request {ctype} text_prompts.maxItems": (
+            None,
+            10,
+        )
+        for g, ctype in zip(
+            GENERATIONS, ("application/json",) + ("multipart/form-data",) * 3, strict=True
+        )
+    },
     # The spec lists mask_source's values only in its description; we give them as an enum.
     "/v1/generation/{engine_id}/image-to-image/masking post request multipart/form-data "
     "mask_source.enum": (None, ["MASK_IMAGE_WHITE", "MASK_IMAGE_BLACK", "INIT_IMAGE_ALPHA"]),
