@@ -5,9 +5,12 @@ up: the engine list, account and balance; text-to-image on SD 1.x and SDXL (JSON
 two samples), image-to-image, masking and upscale, async generations that are polled to the end
 and sometimes cancelled, clients that hang up mid-generation, and bad requests. Every generation
 carries a client-chosen Generation-Id, so each request can be found in the database afterwards.
+An attacker's mix comes along: requests past the bounds (too many prompts, a prompt too long,
+a body over the JSON limit) and connections that send half a request head and hold it.
 
 Then:
 * every request got an HTTP answer it may get (no 5xx, no transport error) except the hang-ups;
+  the server closed every half-sent connection itself (after its header timeout);
 * the books settle: every ledger adds up and holds nothing back, no generation record is left
   queued or running, each generation reserved its cost once and was then charged it (succeeded)
   or refunded it, once; every image a client received is a succeeded record, and every
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import threading
 import time
 import uuid
@@ -66,7 +70,11 @@ ALLOWED = {
     "poll": {200, 202, 409},
     "cancel": {200},
     "bad": {400},
+    "oversized": {400},
 }
+# The deployment's header timeout (short, so that half-sent heads are cut off within a round).
+HEADER_TIMEOUT_S = 2.0
+HALF_SENT = b"POST /v1/generation/stable-diffusion-v1-6/text-to-image HTTP/1.1\r\nHost: x\r\nConte"
 GENERATING = {"t2i", "t2i-png", "i2i", "masking", "upscale"}
 TIMEOUT = httpx.Timeout(180.0, connect=10.0)
 HANG_UP_AFTER_S = 0.5
@@ -101,6 +109,7 @@ class LoadClient:
         self.base_url, self.key = base_url, key
         self.outcomes = outcomes
         self.hung_up: list[str] = []
+        self.half_sent: list[socket.socket] = []
         self.mix: list[tuple[Callable[[], None], int]] = [
             (self.read, 4),
             (self.t2i, 3),
@@ -111,6 +120,7 @@ class LoadClient:
             (self.run_async, 2),
             (self.hang_up, 1),
             (self.bad, 1),
+            (self.attack, 1),
         ]
 
     def run(self, until: float, first: int) -> None:
@@ -263,6 +273,34 @@ class LoadClient:
         body = {**self.t2i_body(SD1), "steps": self.rng.choice([0, 5, 51, "ten"])}
         self.send("bad", "POST", f"/v1/generation/{SD1}/text-to-image", new_id(), json=body)
 
+    def attack(self) -> None:
+        """Past a bound (400, nothing reserved), or half a request head held open."""
+        kind = self.rng.choice(["prompts", "prompt", "body", "half"])
+        if kind == "half":
+            origin = httpx.URL(self.base_url)
+            try:
+                connection = socket.create_connection((origin.host, origin.port or 80))
+            except OSError as exc:  # the server is down (the crash round)
+                self.outcomes.append(Outcome("oversized", None, None, repr(exc)))
+                time.sleep(0.2)
+                return
+            try:
+                connection.sendall(HALF_SENT)
+            except OSError:  # it closed first (over the cap, or going down): nothing to hold
+                connection.close()
+                return
+            self.half_sent.append(connection)
+            return
+        body = self.t2i_body(SD1)
+        if kind == "prompts":
+            body["text_prompts"] = [{"text": f"p{i}"} for i in range(11)]
+        elif kind == "prompt":
+            body["text_prompts"] = [{"text": "x" * 2001}]
+        else:
+            body["extras"] = {"padding": "x" * (1024 * 1024)}
+        path = f"/v1/generation/{SD1}/text-to-image"
+        self.send("oversized", "POST", path, new_id(), json=body)
+
 
 def new_id() -> str:
     return f"load-{uuid.uuid4().hex}"
@@ -273,6 +311,26 @@ class Round:
     outcomes: list[Outcome]
     hung_up: list[str]
     started: float
+    half_sent: list[socket.socket]
+
+
+def closed_by_the_server(connections: list[socket.socket]) -> list[bytes]:
+    """Read each half-sent connection to its end (the server must close it within its header
+    timeout, with a 408 or nothing); what each got. Fails on one the server holds."""
+    answers = []
+    for connection in connections:
+        connection.settimeout(HEADER_TIMEOUT_S + 30)
+        received = b""
+        with connection:
+            try:
+                while chunk := connection.recv(65536):
+                    received += chunk
+            except ConnectionResetError:
+                pass
+            except TimeoutError:
+                pytest.fail("a half-sent connection was held open past the header timeout")
+        answers.append(received)
+    return answers
 
 
 def run_load(
@@ -308,7 +366,12 @@ def run_load(
     for thread in threads:
         thread.join(timeout=seconds + 400)
         assert not thread.is_alive(), "a load client never finished"
-    return Round(outcomes, [gid for c in clients for gid in c.hung_up], started)
+    return Round(
+        outcomes,
+        [gid for c in clients for gid in c.hung_up],
+        started,
+        [connection for c in clients for connection in c.half_sent],
+    )
 
 
 def settled_books(deployment: Deployment, timeout: float = 120) -> Books:
@@ -357,6 +420,7 @@ def loaded(
         request,
         all_engines=True,
         LOCALSTABILITY_RATE_LIMIT_REQUESTS="1000",
+        LOCALSTABILITY_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
     )
     keys = [
         deployment.new_key("load-a@example.com", credits=100_000.0),
@@ -375,6 +439,9 @@ def test_clients_mixing_every_endpoint_get_answers_and_the_books_settle(
     assert kinds >= set(ALLOWED) - {"cancel"}, kinds  # every kind of request was made
     wrong = wrong_answers(load.outcomes, None)
     assert not wrong, wrong[:20]
+    assert load.half_sent, "no half-sent connection was made"
+    for answer in closed_by_the_server(load.half_sent):
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     books = settled_books(deployment)
     books.assert_settled()
     images = answered_images(load.outcomes)
@@ -425,6 +492,7 @@ def test_a_crash_under_load_loses_nothing_and_the_server_serves_again(
 
     load = run_load(deployment, keys, SECONDS, seed=2, during=kill_while_generating)
     assert killed_at
+    closed_by_the_server(load.half_sent)  # by the dying server, if not before
     wrong = wrong_answers(load.outcomes, killed_at[0])
     assert not wrong, wrong[:20]
     held = {

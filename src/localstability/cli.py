@@ -13,9 +13,9 @@ from localstability.admin import (
     ledger_app,
     orgs_app,
     print_rows,
+    settings_of,
     users_app,
 )
-from localstability.config import Settings, load_settings
 
 app = typer.Typer(help="A self-hosted Stability AI REST API v1 server.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -27,13 +27,6 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(models_app, name="models")
 
 
-def _settings(config: Path | None) -> Settings:
-    try:
-        return load_settings(config)
-    except FileNotFoundError as exc:
-        raise typer.BadParameter(f"no such configuration file: {exc.filename}") from None
-
-
 @app.command()
 def serve(
     config: ConfigOption = None,
@@ -41,22 +34,12 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
 ) -> None:
     """Run the API server."""
-    import uvicorn
-
-    from localstability.api.app import create_app
-    from localstability.api.http11 import EnvelopeH11Protocol
+    from localstability.api.server import run
     from localstability.logs import configure_logging
 
-    settings = _settings(config)
+    settings = settings_of(config)
     configure_logging(settings.log_level, settings.log_json)
-    uvicorn.run(
-        create_app(settings),
-        host=host or settings.host,
-        port=port or settings.port,
-        log_config=None,
-        timeout_graceful_shutdown=30,
-        http=EnvelopeH11Protocol,
-    )
+    run(settings, host or settings.host, port or settings.port)
 
 
 @app.command("mcp")
@@ -90,7 +73,7 @@ def mcp_stdio(
     if not api_key:
         typer.echo("LOCALSTABILITY_API_KEY is not set: the API key the tools act as", err=True)
         raise typer.Exit(2)
-    settings = _settings(config)
+    settings = settings_of(config)
     configure_logging(settings.log_level, settings.log_json)
     try:
         asyncio.run(serve_stdio(settings, api_key, organization))
@@ -142,7 +125,7 @@ def models_list(config: ConfigOption = None) -> None:
     from localstability.engines import CATALOGUE
     from localstability.service.generation import fallback_source, weight_source
 
-    settings = _settings(config)
+    settings = settings_of(config)
     models_dir = settings.data_dir / "models"
     for engine in CATALOGUE.values():
         engine_config = settings.engine_config(engine.id)
@@ -172,7 +155,7 @@ def models_pull(
     from localstability.inference.loader import download
     from localstability.service.generation import fallback_source, weight_source
 
-    settings = _settings(config)
+    settings = settings_of(config)
     try:
         engine = get_engine(engine_id)
         source = weight_source(settings, engine)
