@@ -9,7 +9,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from localstability.api.app import create_app
+from localstability.app import create_app
 from localstability.config import EngineConfig, Settings
 from tests.conftest import Server
 from tests.helpers import t2i_body

@@ -443,7 +443,7 @@ def test_configure_logging_limits_asyncio_and_uvicorn() -> None:
         for name in ("asyncio", "uvicorn.error"):
             assert limiter in logging.getLogger(name).filters
         # The application's own records are never dropped (an error's line carries its id).
-        assert limiter not in logging.getLogger("localstability.api.errors").filters
+        assert limiter not in logging.getLogger("localstability.errors").filters
     finally:
         for name in ("asyncio", "uvicorn", "uvicorn.error", "localstability.api.http11"):
             logging.getLogger(name).removeFilter(limiter)

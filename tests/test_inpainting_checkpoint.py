@@ -11,7 +11,7 @@ from diffusers import StableDiffusionInpaintPipeline
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from localstability.api.app import create_app
+from localstability.app import create_app
 from localstability.config import EngineConfig, Settings
 from localstability.tiny import build_tiny_pipeline
 from tests.helpers import (

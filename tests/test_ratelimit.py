@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from localstability import errors
-from localstability.api.app import create_app
+from localstability.app import create_app
 from localstability.config import Settings
 from localstability.service.ratelimit import RateLimiter
 from tests.test_accounts_engines import assert_envelope

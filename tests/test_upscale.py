@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from localstability.api.app import create_app
+from localstability.app import create_app
 from localstability.config import EngineConfig, Settings
 from tests.helpers import artifact_image, encode, pixels, png_image, sample_picture
 from tests.test_accounts_engines import assert_envelope

@@ -34,8 +34,8 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
 ) -> None:
     """Run the API server."""
-    from localstability.api.server import run
     from localstability.logs import configure_logging
+    from localstability.serving import run
 
     settings = settings_of(config)
     configure_logging(settings.log_level, settings.log_json)

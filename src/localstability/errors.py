@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
+from typing import Any
+
+log = logging.getLogger(__name__)
+
 
 class ApiError(Exception):
     """An error a client sees: an HTTP status, the envelope's `name` and a human message."""
@@ -140,3 +146,23 @@ def error_class(name: str) -> type[ApiError] | None:
             return cls
         pending.extend(cls.__subclasses__())
     return None
+
+
+def describe_validation_errors(details: list[Any]) -> str:
+    """'text_prompts.0.text: Field required; steps: ...' from pydantic's error list."""
+    parts = []
+    for detail in details:
+        location = [str(p) for p in detail.get("loc", ()) if p not in ("body",)]
+        where = ".".join(location) or "body"
+        parts.append(f"{where}: {detail.get('msg', 'invalid value')}")
+    return "; ".join(parts) or "invalid request"
+
+
+UNEXPECTED_MESSAGE = "An unexpected server error occurred, please try again."
+
+
+def report_unexpected(exc: Exception, **where: Any) -> str:
+    """Log an unexpected exception under a new error id, the envelope's `id`; returns it."""
+    error_id = uuid.uuid4().hex
+    log.error("unexpected server error", exc_info=exc, extra={"error_id": error_id, **where})
+    return error_id

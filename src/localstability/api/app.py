@@ -1,29 +1,22 @@
-"""The FastAPI application: routes, error envelope, services, OpenAPI."""
+"""The REST application: routes, error envelope, OpenAPI, request log (no services: the
+composition root, localstability.app, hands it an AppContext and a lifespan)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from localstability import __version__
-from localstability.api.deps import AppContext
 from localstability.api.errors import install_error_handlers
 from localstability.api.routes import admin, engines, generation, jobs, user
-from localstability.config import Settings, load_settings
-from localstability.inference.devices import resolve_device, resolve_dtype
-from localstability.inference.loader import PipelineCache
-from localstability.inference.worker import InferenceWorker
-from localstability.jobs.local import LocalJobBackend
-from localstability.mcp.http import McpEndpoint
+from localstability.context import AppContext
 from localstability.protocol import (
     Error,
     GenerationResponse,
@@ -32,70 +25,10 @@ from localstability.protocol import (
     TextToImageRequestBody,
     UpscaleRequestBody,
 )
-from localstability.service.accounts import AccountService
-from localstability.service.admin import AdminService
-from localstability.service.billing import Billing
-from localstability.service.generation import GenerationService
-from localstability.service.housekeeping import housekeeping
-from localstability.service.ratelimit import RateLimiter
-from localstability.store.db import Database
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_KEY_FILE = "admin-key.txt"
-
-
-def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWorker]:
-    database = Database(settings.sqlalchemy_url)
-    device = resolve_device(settings.device)
-    pipelines = PipelineCache(
-        device,
-        resolve_dtype(settings.dtype, device),
-        settings.offline,
-        settings.data_dir / "models",
-    )
-    worker = InferenceWorker(trim_memory=settings.trim_memory)
-    context = AppContext(
-        settings=settings,
-        accounts=AccountService(
-            database, RateLimiter(settings.rate_limit_requests, settings.rate_limit_window_s)
-        ),
-        generation=GenerationService(settings, pipelines),
-        admin=AdminService(database, actor="admin-api"),
-        jobs=LocalJobBackend(
-            Billing(database, settings.billing, settings.runner_timeout_s),
-            worker,
-            max_queued=settings.max_queued_jobs,
-            max_per_organization=settings.max_jobs_per_organization,
-            result_ttl_s=settings.result_ttl_s,
-            batch_window_s=settings.batch_window_ms / 1000,
-        ),
-    )
-    return context, database, worker
-
-
-async def stop_services(context: AppContext, database: Database, worker: InferenceWorker) -> None:
-    """Let generations finish (within the grace period), then stop the worker and database."""
-    await context.jobs.shutdown(context.settings.shutdown_grace_s)
-    worker.shutdown()
-    database.dispose()
-
-
-def bootstrap_key(context: AppContext) -> None:
-    """On an empty database, create a first key and write it (never log it) to the data dir."""
-    settings = context.settings
-    created = context.accounts.bootstrap(settings.bootstrap_credits)
-    if created is None:
-        return
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.data_dir / BOOTSTRAP_KEY_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(created.key + "\n")
-    log.info(
-        "created the first API key",
-        extra={"key_file": str(path), "user_id": created.user_id, "org": created.organization_id},
-    )
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 
 # The error answers of each operation, in the spec's envelope (`Error`). The spec lists
@@ -218,23 +151,9 @@ class RequestLog:
             )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The ASGI application for `settings` (default: from LOCALSTABILITY_CONFIG and env)."""
-    settings = settings or load_settings()
-    context, database, worker = build_context(settings)
-    mcp = McpEndpoint(context)
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        async with housekeeping(context.jobs.billing, settings):
-            if settings.bootstrap_key:
-                bootstrap_key(context)
-            log.info("ready", extra={"engines": [e.id for e in context.generation.engines()]})
-            async with mcp.running():  # MCP tool calls in flight get the grace period too
-                yield
-                await context.jobs.shutdown(settings.shutdown_grace_s)
-        await stop_services(context, database, worker)
-
+def rest_app(context: AppContext, lifespan: Lifespan) -> FastAPI:
+    """The REST API (v1, generations by id, admin) over `context`, its error envelope, its
+    OpenAPI document and request log; `lifespan` runs around it (the composition root's)."""
     app = FastAPI(
         title="localstability",
         version=__version__,
@@ -246,8 +165,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in (engines.router, user.router, generation.router, jobs.router, admin.router):
         app.include_router(router)
-    # Every method (POST, GET, DELETE: Streamable HTTP); not in the REST API's OpenAPI.
-    app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))
     app.openapi = _openapi(app)  # type: ignore[method-assign]
 
     app.add_middleware(RequestLog)

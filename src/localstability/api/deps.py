@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request
@@ -11,25 +10,10 @@ from pydantic import BaseModel
 
 from localstability import errors
 from localstability.api.body import limited
-from localstability.config import Settings
-from localstability.jobs.local import LocalJobBackend
-from localstability.service.accounts import AccountService
-from localstability.service.admin import AdminService
-from localstability.service.generation import GenerationService
+from localstability.context import AppContext
 from localstability.store.accounts import Principal
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-@dataclass
-class AppContext:
-    """The services behind the routes, built once per application."""
-
-    settings: Settings
-    accounts: AccountService
-    generation: GenerationService
-    admin: AdminService
-    jobs: LocalJobBackend
 
 
 def get_context(request: Request) -> AppContext:

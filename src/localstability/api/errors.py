@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +14,11 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from localstability import errors
+from localstability.errors import (
+    UNEXPECTED_MESSAGE,
+    describe_validation_errors,
+    report_unexpected,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +47,6 @@ def envelope(
         content={"id": error_id, "name": name, "message": message},
         headers=headers,
     )
-
-
-def describe_validation_errors(details: list[Any]) -> str:
-    """'text_prompts.0.text: Field required; steps: ...' from pydantic's error list."""
-    parts = []
-    for detail in details:
-        location = [str(p) for p in detail.get("loc", ()) if p not in ("body",)]
-        where = ".".join(location) or "body"
-        parts.append(f"{where}: {detail.get('msg', 'invalid value')}")
-    return "; ".join(parts) or "invalid request"
-
-
-UNEXPECTED_MESSAGE = "An unexpected server error occurred, please try again."
-
-
-def report_unexpected(exc: Exception, **where: Any) -> str:
-    """Log an unexpected exception under a new error id, the envelope's `id`; returns it."""
-    error_id = uuid.uuid4().hex
-    log.error("unexpected server error", exc_info=exc, extra={"error_id": error_id, **where})
-    return error_id
 
 
 HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")

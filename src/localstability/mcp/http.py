@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
 from localstability import errors
-from localstability.api.deps import AppContext
+from localstability.context import AppContext
 from localstability.mcp.server import build_server
 from localstability.mcp.tools import ImageTools, envelope_of
 from localstability.store.accounts import Principal

@@ -14,8 +14,8 @@ from typing import Any
 from mcp.server import ServerRequestContext
 from mcp.server.stdio import stdio_server
 
-from localstability.api.app import build_context, stop_services
 from localstability.config import Settings
+from localstability.context import build_context, stop_services
 from localstability.mcp.server import build_server
 from localstability.mcp.tools import ImageTools
 from localstability.service.accounts import AccountService

@@ -30,13 +30,13 @@ from mcp_types import (
 from pydantic import BaseModel, ValidationError
 
 from localstability import errors
-from localstability.api.deps import AppContext
-from localstability.api.errors import (
+from localstability.context import AppContext
+from localstability.engines import Task
+from localstability.errors import (
     UNEXPECTED_MESSAGE,
     describe_validation_errors,
     report_unexpected,
 )
-from localstability.engines import Task
 from localstability.jobs.base import Job, JobSpec
 from localstability.mcp.protocol import (
     ArtifactInfo,

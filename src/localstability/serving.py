@@ -121,7 +121,7 @@ class DrainingServer(uvicorn.Server):
 
 def run(settings: Settings, host: str, port: int) -> None:
     """Serve the API for `settings` on host:port until SIGTERM or SIGINT."""
-    from localstability.api.app import create_app
+    from localstability.app import create_app
 
     file_limit = raise_file_limit()
     app = create_app(settings)

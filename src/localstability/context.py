@@ -1,0 +1,92 @@
+"""The deployment's services, built once per process: the composition root.
+
+`build_context` wires the settings, the database, the inference worker, the services and the
+job backend; every front door (REST in api/, MCP in mcp/, the CLI) takes what it needs from the
+`AppContext`, so that none of them builds services or imports another front door.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from localstability.config import Settings
+from localstability.inference.devices import resolve_device, resolve_dtype
+from localstability.inference.loader import PipelineCache
+from localstability.inference.worker import InferenceWorker
+from localstability.jobs.local import LocalJobBackend
+from localstability.service.accounts import AccountService
+from localstability.service.admin import AdminService
+from localstability.service.billing import Billing
+from localstability.service.generation import GenerationService
+from localstability.service.ratelimit import RateLimiter
+from localstability.store.db import Database
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_KEY_FILE = "admin-key.txt"
+
+
+@dataclass
+class AppContext:
+    """The services behind the front doors, built once per process."""
+
+    settings: Settings
+    accounts: AccountService
+    generation: GenerationService
+    admin: AdminService
+    jobs: LocalJobBackend
+
+
+def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWorker]:
+    database = Database(settings.sqlalchemy_url)
+    device = resolve_device(settings.device)
+    pipelines = PipelineCache(
+        device,
+        resolve_dtype(settings.dtype, device),
+        settings.offline,
+        settings.data_dir / "models",
+    )
+    worker = InferenceWorker(trim_memory=settings.trim_memory)
+    context = AppContext(
+        settings=settings,
+        accounts=AccountService(
+            database, RateLimiter(settings.rate_limit_requests, settings.rate_limit_window_s)
+        ),
+        generation=GenerationService(settings, pipelines),
+        admin=AdminService(database, actor="admin-api"),
+        jobs=LocalJobBackend(
+            Billing(database, settings.billing, settings.runner_timeout_s),
+            worker,
+            max_queued=settings.max_queued_jobs,
+            max_per_organization=settings.max_jobs_per_organization,
+            result_ttl_s=settings.result_ttl_s,
+            batch_window_s=settings.batch_window_ms / 1000,
+        ),
+    )
+    return context, database, worker
+
+
+async def stop_services(context: AppContext, database: Database, worker: InferenceWorker) -> None:
+    """Let generations finish (within the grace period), then stop the worker and database."""
+    await context.jobs.shutdown(context.settings.shutdown_grace_s)
+    worker.shutdown()
+    database.dispose()
+
+
+def bootstrap_key(context: AppContext) -> None:
+    """On an empty database, create a first key and write it (never log it) to the data dir."""
+    settings = context.settings
+    created = context.accounts.bootstrap(settings.bootstrap_credits)
+    if created is None:
+        return
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / BOOTSTRAP_KEY_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(created.key + "\n")
+    log.info(
+        "created the first API key",
+        extra={"key_file": str(path), "user_id": created.user_id, "org": created.organization_id},
+    )
