@@ -37,9 +37,11 @@ def pipeline_case(
 ) -> Any:
     from diffusers import DiffusionPipeline
 
+    from localstability.engines import Family
     from localstability.inference.diffusion import TextToImageParams, run_text_to_image
     from localstability.inference.prompts import WeightedPrompt
 
+    family = Family(folder.name)  # the tiny fixtures' folders are named by family
     pipe = DiffusionPipeline.from_pretrained(folder)
     pipe.set_progress_bar_config(disable=True)
 
@@ -55,7 +57,7 @@ def pipeline_case(
             height=height,
         )
 
-    run_text_to_image(pipe, [params(0, steps=min(10, steps))])  # warm-up
+    run_text_to_image(pipe, [params(0, steps=min(10, steps))], family=family)  # warm-up
     rows = []
     for size in sizes:
         parts = [params(i) for i in range(size)]
@@ -64,10 +66,12 @@ def pipeline_case(
         batched_images: list[Any] = []
         for _ in range(rounds):
             started = time.perf_counter()
-            solo_images = [run_text_to_image(pipe, [part])[0][0].image for part in parts]
+            solo_images = [
+                run_text_to_image(pipe, [part], family=family)[0][0].image for part in parts
+            ]
             solo_s.append(time.perf_counter() - started)
             started = time.perf_counter()
-            batched_images = [r[0].image for r in run_text_to_image(pipe, parts)]
+            batched_images = [r[0].image for r in run_text_to_image(pipe, parts, family=family)]
             batched_s.append(time.perf_counter() - started)
         differences = [
             np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16))

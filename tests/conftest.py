@@ -88,6 +88,11 @@ class Record:
     error: str | None
 
 
+def error_of(record: Any) -> str | None:
+    """A record's error as the admin CLI shows it: "name: message"."""
+    return f"{record.error_name}: {record.error}" if record.error_name else record.error
+
+
 @dataclass
 class Books:
     """A deployment's accounts as its database holds them."""
@@ -157,7 +162,7 @@ class Deployment:
             with database.session() as session:
                 audits = [ledger.audit(session, o.id) for o in session.query(Organization).all()]
                 every = [
-                    (g.id, Record(g.organization_id, g.status.value, g.cost, g.error))
+                    (g.id, Record(g.organization_id, g.status.value, g.cost, error_of(g)))
                     for g in session.query(Generation).all()
                 ]
                 entry = LedgerEntry

@@ -123,7 +123,7 @@ def keys_revoke(
 def models_list(config: ConfigOption = None) -> None:
     """Each engine, where its weights come from, and whether they are on this machine."""
     from localstability.engines import CATALOGUE
-    from localstability.service.generation import fallback_source, weight_source
+    from localstability.service.tasks import fallback_source, weight_source
 
     settings = settings_of(config)
     models_dir = settings.data_dir / "models"
@@ -153,7 +153,7 @@ def models_pull(
     from localstability import errors
     from localstability.engines import get_engine
     from localstability.inference.loader import download
-    from localstability.service.generation import fallback_source, weight_source
+    from localstability.service.tasks import fallback_source, weight_source
 
     settings = settings_of(config)
     try:

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     result_ttl_s: float = Field(
         600.0, description="How long a finished generation's images stay for GET by id."
     )
+    artifact_store: Literal["memory", "disk"] = Field(
+        "memory",
+        description="Where uploads and results are kept: this process's memory, or files in "
+        "data_dir/artifacts (which survive a restart).",
+    )
     shutdown_grace_s: float = Field(
         30.0,
         description="On SIGTERM, how long queued and running generations may take to finish "

@@ -15,6 +15,8 @@ from localstability.config import Settings
 from localstability.inference.devices import resolve_device, resolve_dtype
 from localstability.inference.loader import PipelineCache
 from localstability.inference.worker import InferenceWorker
+from localstability.jobs.artifacts import ArtifactStore, DiskArtifactStore, MemoryArtifactStore
+from localstability.jobs.base import JobBackend
 from localstability.jobs.local import LocalJobBackend
 from localstability.service.accounts import AccountService
 from localstability.service.admin import AdminService
@@ -36,7 +38,15 @@ class AppContext:
     accounts: AccountService
     generation: GenerationService
     admin: AdminService
-    jobs: LocalJobBackend
+    billing: Billing
+    jobs: JobBackend
+
+
+def artifact_store(settings: Settings) -> ArtifactStore:
+    """Where uploads and results are kept: this process's memory, or files in the data dir."""
+    if settings.artifact_store == "disk":
+        return DiskArtifactStore(settings.data_dir / "artifacts")
+    return MemoryArtifactStore()
 
 
 def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWorker]:
@@ -49,21 +59,27 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
         settings.data_dir / "models",
     )
     worker = InferenceWorker(trim_memory=settings.trim_memory)
+    store = artifact_store(settings)
+    billing = Billing(database, settings.billing, settings.runner_timeout_s)
+    jobs = LocalJobBackend(
+        billing,
+        worker,
+        pipelines,
+        store,
+        max_queued=settings.max_queued_jobs,
+        max_per_organization=settings.max_jobs_per_organization,
+        result_ttl_s=settings.result_ttl_s,
+        batch_window_s=settings.batch_window_ms / 1000,
+    )
     context = AppContext(
         settings=settings,
         accounts=AccountService(
             database, RateLimiter(settings.rate_limit_requests, settings.rate_limit_window_s)
         ),
-        generation=GenerationService(settings, pipelines),
+        generation=GenerationService(settings, jobs, store, billing),
         admin=AdminService(database, actor="admin-api"),
-        jobs=LocalJobBackend(
-            Billing(database, settings.billing, settings.runner_timeout_s),
-            worker,
-            max_queued=settings.max_queued_jobs,
-            max_per_organization=settings.max_jobs_per_organization,
-            result_ttl_s=settings.result_ttl_s,
-            batch_window_s=settings.batch_window_ms / 1000,
-        ),
+        billing=billing,
+        jobs=jobs,
     )
     return context, database, worker
 

@@ -15,10 +15,18 @@ class ApiError(Exception):
     status: int = 500
     name: str = "server_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        generation_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        # The generation it is about, once there is one (REST: the Generation-Id header).
+        self.generation_id = generation_id
 
 
 class BadRequest(ApiError):

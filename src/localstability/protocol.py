@@ -180,6 +180,19 @@ class BalanceResponseBody(BaseModel):
     credits: float = Field(json_schema_extra={"format": "double"})
 
 
+class GenerationStatus(StrEnum):
+    """Extension: where a generation stands (GET /v1/generation/{id})."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED = (GenerationStatus.SUCCEEDED, GenerationStatus.FAILED, GenerationStatus.CANCELLED)
+
+
 class GenerationProgress(BaseModel):
     step: int = Field(description="Diffusion steps done (0 while queued)")
     total: int = Field(description="Diffusion steps in all (0 until it starts)")

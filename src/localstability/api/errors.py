@@ -22,6 +22,8 @@ from localstability.errors import (
 
 log = logging.getLogger(__name__)
 
+GENERATION_ID = "Generation-Id"
+
 _STATUS_NAMES = {
     400: "bad_request",
     401: "unauthorized",
@@ -67,7 +69,10 @@ def allowed_methods(app: FastAPI, request: Request) -> list[str]:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.ApiError)
     async def api_error(_request: Request, exc: errors.ApiError) -> JSONResponse:
-        return envelope(exc.status, exc.name, exc.message, exc.headers or None)
+        headers = dict(exc.headers)
+        if exc.generation_id:
+            headers[GENERATION_ID] = exc.generation_id
+        return envelope(exc.status, exc.name, exc.message, headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def request_validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

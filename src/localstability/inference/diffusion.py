@@ -5,18 +5,21 @@ components (`from_pipe`), so an engine holds one copy of its weights whatever it
 
 Every run takes a batch of parts: one part is one request (its prompts, seeds and images);
 parts that share `batch_key()` run as one pipeline call, one row per sample, each with its
-own seed's generator. A batch of one is the solo run.
+own seed's generator. A batch of one is the solo run. Each run is told the family of its
+pipeline (`family=`, engines.Family): its adapter (localstability.inference.families) gives
+the pipeline classes and encodes the prompts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from localstability.engines import Family
 from localstability.inference.control import NO_CONTROL, StepControl
+from localstability.inference.families import Role, adapter_for
 from localstability.inference.prompts import WeightedPrompt, stack_prompt_embeddings
-from localstability.inference.schedulers import make_scheduler
 from localstability.protocol import Sampler
 
 
@@ -70,18 +73,17 @@ class GeneratedImage:
     nsfw: bool
 
 
-def request_pipeline(pipe: Any, task: str, sampler: Sampler | None) -> Any:
-    """A per-request pipeline for `task` sharing `pipe`'s models, with its own scheduler."""
-    import diffusers
+class DiffusionRun(Protocol):
+    """The signature of run_text_to_image, run_image_to_image and run_inpaint."""
 
-    auto = {
-        "text-to-image": diffusers.AutoPipelineForText2Image,
-        "image-to-image": diffusers.AutoPipelineForImage2Image,
-        "inpaint": diffusers.AutoPipelineForInpainting,
-    }[task]
-    view = auto.from_pipe(pipe, scheduler=make_scheduler(sampler, pipe.scheduler.config))
-    view.set_progress_bar_config(disable=True)
-    return view
+    def __call__(
+        self, pipe: Any, parts: Sequence[Any], control: StepControl = ..., *, family: Family
+    ) -> list[list[GeneratedImage]]: ...
+
+
+def request_pipeline(pipe: Any, role: Role, sampler: Sampler | None, *, family: Family) -> Any:
+    """A per-request pipeline for `role` sharing `pipe`'s models, with its own scheduler."""
+    return adapter_for(family).view(pipe, role, sampler)
 
 
 def generators(seeds: list[int]) -> list[Any]:
@@ -98,13 +100,14 @@ def per_sample(parts: Sequence[DiffusionParams], value: Any) -> list[Any]:
 
 def _run(
     view: Any,
+    family: Family,
     parts: Sequence[DiffusionParams],
     control: StepControl,
     total: int,
     **call: Any,
 ) -> list[list[GeneratedImage]]:
-    """Call the pipeline once for all parts; `control` sees each of the `total` denoising
-    steps and may stop it. The images come back per part."""
+    """Call the pipeline (`view`, of `family`) once for all parts; `control` sees each of the
+    `total` denoising steps and may stop it. The images come back per part."""
     import torch
 
     if len({part.batch_key() for part in parts}) != 1:
@@ -116,7 +119,9 @@ def _run(
     seeds = [seed for part in parts for seed in part.seeds]
     with torch.inference_mode():
         requests = [(part.prompts, len(part.seeds)) for part in parts]
-        embeddings = stack_prompt_embeddings(view, requests, view._execution_device, control)
+        embeddings = stack_prompt_embeddings(
+            view, requests, view._execution_device, control, family=family
+        )
         output = view(
             **embeddings,
             **call,
@@ -139,11 +144,16 @@ def _run(
 
 
 def run_text_to_image(
-    pipe: Any, parts: Sequence[TextToImageParams], control: StepControl = NO_CONTROL
+    pipe: Any,
+    parts: Sequence[TextToImageParams],
+    control: StepControl = NO_CONTROL,
+    *,
+    family: Family,
 ) -> list[list[GeneratedImage]]:
     """Encode the weighted prompts, denoise from noise, decode: one image per seed."""
-    view = request_pipeline(pipe, "text-to-image", parts[0].sampler)
-    return _run(view, parts, control, parts[0].steps, width=parts[0].width, height=parts[0].height)
+    first = parts[0]
+    view = request_pipeline(pipe, Role.BASE, first.sampler, family=family)
+    return _run(view, family, parts, control, first.steps, width=first.width, height=first.height)
 
 
 def steps_run(steps: int, strength: float, skip_end: float) -> int:
@@ -153,7 +163,11 @@ def steps_run(steps: int, strength: float, skip_end: float) -> int:
 
 
 def run_image_to_image(
-    pipe: Any, parts: Sequence[ImageToImageParams], control: StepControl = NO_CONTROL
+    pipe: Any,
+    parts: Sequence[ImageToImageParams],
+    control: StepControl = NO_CONTROL,
+    *,
+    family: Family,
 ) -> list[list[GeneratedImage]]:
     """Noise the init image to `strength`, denoise (stopping early for `skip_end`), decode."""
     first = parts[0]
@@ -163,7 +177,7 @@ def run_image_to_image(
             [GeneratedImage(part.init_image.copy(), seed, False) for seed in part.seeds]
             for part in parts
         ]
-    view = request_pipeline(pipe, "image-to-image", first.sampler)
+    view = request_pipeline(pipe, Role.IMG2IMG, first.sampler, family=family)
     call: dict[str, Any] = {
         "image": per_sample(parts, lambda part: part.init_image),
         "strength": first.strength,
@@ -176,7 +190,7 @@ def run_image_to_image(
             return kwargs
 
         call["callback_on_step_end"] = stop_early
-    return _run(view, parts, control, keep, **call)
+    return _run(view, family, parts, control, keep, **call)
 
 
 def composite(init_image: Any, generated: Any, mask: Any) -> Any:
@@ -192,13 +206,18 @@ def composite(init_image: Any, generated: Any, mask: Any) -> Any:
 
 
 def run_inpaint(
-    pipe: Any, parts: Sequence[InpaintParams], control: StepControl = NO_CONTROL
+    pipe: Any,
+    parts: Sequence[InpaintParams],
+    control: StepControl = NO_CONTROL,
+    *,
+    family: Family,
 ) -> list[list[GeneratedImage]]:
     """Regenerate where the mask says so, then composite so that kept pixels stay exact."""
-    view = request_pipeline(pipe, "inpaint", parts[0].sampler)
+    view = request_pipeline(pipe, Role.INPAINT, parts[0].sampler, family=family)
     width, height = parts[0].init_image.size
     results = _run(
         view,
+        family,
         parts,
         control,
         parts[0].steps,

@@ -15,6 +15,7 @@ from typing import Any
 from localstability import errors
 from localstability.engines import Family
 from localstability.inference.control import NO_CONTROL, StepControl
+from localstability.inference.families import NoPipeline, UnknownFamily, adapter_for
 
 log = logging.getLogger(__name__)
 
@@ -27,22 +28,14 @@ _ONE_LOAD = threading.Lock()
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
-# (family, pipeline role) -> diffusers class. "base" is what an engine loads; a dedicated
-# inpainting checkpoint loads as "inpaint".
-PIPELINE_CLASSES: dict[tuple[Family, str], str] = {
-    (Family.SD1, "base"): "StableDiffusionPipeline",
-    (Family.SD2, "base"): "StableDiffusionPipeline",
-    (Family.SDXL, "base"): "StableDiffusionXLPipeline",
-    (Family.SD1, "inpaint"): "StableDiffusionInpaintPipeline",
-    (Family.SD2, "inpaint"): "StableDiffusionInpaintPipeline",
-    (Family.SDXL, "inpaint"): "StableDiffusionXLInpaintPipeline",
-    (Family.LATENT_UPSCALER, "base"): "StableDiffusionUpscalePipeline",
-}
-
 
 @dataclass(frozen=True)
 class WeightSource:
-    """Where one engine's weights come from. Engines with equal sources share one pipeline."""
+    """Where one engine's weights come from. Engines with equal sources share one pipeline.
+
+    `role` is the pipeline role it loads as (families.Role: "base" is what an engine loads,
+    a dedicated inpainting checkpoint loads as "inpaint"); the family's adapter says which
+    diffusers class that is."""
 
     engine_id: str
     family: Family
@@ -119,13 +112,15 @@ def _first_line(exc: BaseException) -> str:
 
 
 def load_pipeline(source: WeightSource, device: str, dtype: Any, offline: bool) -> Any:
-    """Load the family's text-to-image pipeline from `source` onto `device`."""
-    import diffusers
-
-    class_name = PIPELINE_CLASSES.get((source.family, source.role))
-    if class_name is None:
-        raise unavailable(source, f"family {source.family} has no {source.role} pipeline")
-    pipeline_class = getattr(diffusers, class_name)
+    """Load the pipeline of `source`'s family for its role (the family's adapter names the
+    class) from `source` onto `device`."""
+    try:
+        pipeline_class = adapter_for(source.family).pipeline_class(source.role)
+    except UnknownFamily as exc:
+        raise unavailable(source, str(exc)) from exc
+    except NoPipeline as exc:
+        reason = f"family {source.family} has no {source.role} pipeline"
+        raise unavailable(source, reason) from exc
     kind = source.kind
     log.info("loading weights", extra={"engine_id": source.engine_id, "source": source.source})
     try:

@@ -7,15 +7,21 @@ timestep spacing) carry over.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from localstability import errors
 from localstability.protocol import Sampler
 
 DEFAULT_SAMPLER = Sampler.K_DPMPP_2M
 
-# (diffusers class name, extra config). K_DPMPP_2S_ANCESTRAL has no exact diffusers twin:
+# (diffusers class name, extra config)
+SchedulerChoice = tuple[str, dict[str, Any]]
+
+# The samplers of the Stable Diffusion families (each adapter in inference/families/ says which
+# mapping it offers). K_DPMPP_2S_ANCESTRAL has no exact diffusers twin:
 # DPMSolverSinglestepScheduler is DPM-Solver++ 2S without the ancestral noise.
-SAMPLER_SCHEDULERS: dict[Sampler, tuple[str, dict[str, Any]]] = {
+SAMPLER_SCHEDULERS: dict[Sampler, SchedulerChoice] = {
     Sampler.DDIM: ("DDIMScheduler", {}),
     Sampler.DDPM: ("DDPMScheduler", {}),
     Sampler.K_DPMPP_2M: ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++"}),
@@ -29,10 +35,21 @@ SAMPLER_SCHEDULERS: dict[Sampler, tuple[str, dict[str, Any]]] = {
 }
 
 
-def make_scheduler(sampler: Sampler | None, base_config: Any) -> Any:
-    """A new scheduler for `sampler` (default K_DPMPP_2M) built from a pipeline's config."""
+def make_scheduler(
+    sampler: Sampler | None,
+    base_config: Any,
+    samplers: Mapping[Sampler, SchedulerChoice] = SAMPLER_SCHEDULERS,
+    default: Sampler | None = DEFAULT_SAMPLER,
+) -> Any:
+    """A new scheduler for `sampler` (None: `default`) built from a pipeline's config;
+    `samplers` are the ones the model's family offers."""
     import diffusers
 
-    class_name, overrides = SAMPLER_SCHEDULERS[sampler or DEFAULT_SAMPLER]
+    chosen = sampler or default
+    if chosen is None or chosen not in samplers:
+        offered = ", ".join(samplers) or "none"
+        wanted = f"sampler {chosen}" if chosen else "a request without a sampler"
+        raise errors.BadRequest(f"sampler: this engine does not take {wanted} (offered: {offered})")
+    class_name, overrides = samplers[chosen]
     scheduler_class = getattr(diffusers, class_name)
     return scheduler_class.from_config(base_config, **overrides)

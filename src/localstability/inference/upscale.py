@@ -1,4 +1,8 @@
-"""Upscaling: Real-ESRGAN and other spandrel models, and diffusers' x4 upscale pipeline."""
+"""Upscaling: Real-ESRGAN and other spandrel models, and diffusers' x4 upscale pipeline.
+
+What each of them is (how its model loads, its pipeline, its prompts) is its family adapter's
+(localstability.inference.families.upscalers); this module runs them.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +11,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from localstability import errors
+from localstability.engines import Family
 from localstability.inference.control import NO_CONTROL, StepControl
 from localstability.inference.diffusion import generators
+from localstability.inference.families import Role
+from localstability.inference.families.upscalers import LATENT_UPSCALER, REAL_ESRGAN
 from localstability.inference.loader import PipelineCache, WeightSource, download, unavailable
 from localstability.inference.prompts import WeightedPrompt, encode_weighted_prompts
 
 log = logging.getLogger(__name__)
 
-LATENT_UPSCALE_FACTOR = 4
-# The x4 pipeline's UNet halves the low-resolution image up to three times.
-LATENT_INPUT_MULTIPLE = 8
+LATENT_UPSCALE_FACTOR = LATENT_UPSCALER.factor
+LATENT_INPUT_MULTIPLE = LATENT_UPSCALER.input_multiple
 
 
 def load_esrgan(
@@ -29,11 +35,9 @@ def load_esrgan(
     may stop the wait for a load (which goes on, for the next job)."""
 
     def load(candidate: WeightSource) -> Any:
-        from localstability.upscalers.esrgan import load_upscaler
-
         path = download(candidate, cache.offline, cache.models_dir)
         try:
-            return load_upscaler(path, cache.device)
+            return REAL_ESRGAN.load_model(path, cache.device)
         except ValueError as exc:
             raise unavailable(candidate, str(exc)) from exc
 
@@ -58,10 +62,8 @@ def run_esrgan(
 ) -> Any:
     """The model at its native scale in overlapping tiles, then a Lanczos resize to the size.
     `control` sees each tile and may stop between tiles."""
-    from localstability.upscalers.esrgan import upscale_to
-
     control.check()
-    return upscale_to(model, image, width, height, on_tile=control.step)
+    return REAL_ESRGAN.upscale(model, image, width, height, on_tile=control.step)
 
 
 @dataclass(frozen=True)
@@ -83,18 +85,20 @@ def run_latent_upscale(
     import torch
     from PIL import Image
 
-    def low_res(side: int) -> int:
-        quarter = -(-side // LATENT_UPSCALE_FACTOR)
-        return -(-quarter // LATENT_INPUT_MULTIPLE) * LATENT_INPUT_MULTIPLE
-
     source = params.image.convert("RGB")
-    small = source.resize((low_res(params.width), low_res(params.height)), Image.Resampling.BICUBIC)
-    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    view = type(pipe).from_pipe(pipe, scheduler=scheduler)
-    view.set_progress_bar_config(disable=True)
+    small = source.resize(
+        LATENT_UPSCALER.input_size(params.width, params.height), Image.Resampling.BICUBIC
+    )
+    view = LATENT_UPSCALER.view(pipe, Role.BASE, None)
     control.check()
     with torch.inference_mode():
-        embeddings = encode_weighted_prompts(view, params.prompts, view._execution_device, control)
+        embeddings = encode_weighted_prompts(
+            view,
+            params.prompts,
+            view._execution_device,
+            control,
+            family=Family.LATENT_UPSCALER,
+        )
         output = view(
             **embeddings,
             image=small,

@@ -1,112 +1,124 @@
 """The job interface that every backend implements (in-process now; Celery later).
 
-A job is one generation: a validated, priced request with the function that runs it on a
-device. A backend admits it (reserving its credits), queues it fairly, runs it, reports
-progress, cancels it on request and keeps its result for a while.
+A job is one generation as plain data (`JobSpec`): who asked and who pays, the engine, what
+it costs, and the work itself (`inference.tasks.TaskRun`), whose input images live in an
+artifact store under the keys it names. It serialises to JSON and back, so another process,
+on another machine, can run it with the same store. A backend admits it (reserving its credits
+through a `Ledger`), queues it fairly, runs it, reports progress, cancels it on request, and
+puts its results in the artifact store for `result_ttl_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from localstability import errors
-from localstability.engines import EngineSpec, Task
+from localstability.engines import Task
 from localstability.inference.control import StepControl
-from localstability.inference.diffusion import GeneratedImage
-from localstability.service.artifacts import Artifact
-from localstability.store.accounts import Principal
-from localstability.store.models import GenerationStatus
+from localstability.inference.tasks import TaskRun
+from localstability.jobs.artifacts import Artifact
+from localstability.protocol import GenerationStatus, GenerationStatusBody
 
-# Runs on the inference thread and returns the images; PNG encoding happens off that thread,
-# so the next job's denoising starts at once.
-RunFn = Callable[[StepControl], list[GeneratedImage]]
-# Runs several jobs' parts as one batch; the images come back per part.
-BatchRunFn = Callable[[list[Any], StepControl], list[list[GeneratedImage]]]
+GenerationKey = tuple[str, str]  # (organization, generation id): ids are an organization's own
 
 
 @dataclass(frozen=True)
-class Batching:
-    """How a job may share one pipeline call with other queued jobs."""
-
-    key: Hashable  # jobs with equal keys can run together (same weights, task, size, steps...)
-    images: int  # the images this job adds to a batch
-    max_images: int  # the most images a batch of such jobs may make
-    part: Any  # this job's parameters, one of the list given to `run`
-    run: BatchRunFn
-
-
-@dataclass
 class JobSpec:
-    """What a backend needs to admit and run one generation."""
+    """What a backend needs to admit and run one generation, as plain data."""
 
-    principal: Principal
-    engine: EngineSpec
-    task: Task
-    parameters: dict[str, Any]  # kept in the generation record
+    id: str
+    organization_id: str
+    user_id: str
+    key_id: int  # the API key that asked (0: none)
+    engine_id: str
+    run: TaskRun
+    inputs: dict[str, str]  # input image name -> its key in the artifact store
     cost: int  # micro-credits
-    run: RunFn  # called on the inference thread
     steps: int = 0  # the progress total known before it starts (0: known once it runs)
-    id: str | None = None  # the client's choice (Generation-Id), else a new one
-    batching: Batching | None = None  # None: the job always runs alone
+    summary: dict[str, Any] = field(default_factory=dict)  # what its record keeps
+
+    @property
+    def key(self) -> GenerationKey:
+        return self.organization_id, self.id
+
+    @property
+    def task(self) -> Task:
+        return self.run.task
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "organization_id": self.organization_id,
+            "user_id": self.user_id,
+            "key_id": self.key_id,
+            "engine_id": self.engine_id,
+            "run": self.run.to_dict(),
+            "inputs": self.inputs,
+            "cost": self.cost,
+            "steps": self.steps,
+            "summary": self.summary,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        return cls(**{**data, "run": TaskRun.from_dict(data["run"])})
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        return cls.from_dict(json.loads(text))
 
 
 @dataclass
 class Job:
-    """A generation a backend knows of, and what it has to say about it."""
+    """A generation a backend holds while it is queued or running, and what it says of it."""
 
-    id: str
-    organization_id: str
     spec: JobSpec
     status: GenerationStatus = GenerationStatus.QUEUED
     step: int = 0
     total: int = 0
-    artifacts: list[Artifact] | None = None
     error: errors.ApiError | None = None
-    finished: float | None = None  # time.monotonic() when it ended
     settled: bool = False  # its end (success, failure, refund) is being recorded
     batch_size: int = 0  # generations in the pipeline call it ran in (0: not started)
     control: StepControl = field(default_factory=StepControl)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
-    def key(self) -> tuple[str, str]:
-        """(organization, id): a generation id is its organization's own."""
-        return self.organization_id, self.id
+    def id(self) -> str:
+        return self.spec.id
 
-    def result(self) -> list[Artifact]:
-        """The artifacts of a finished job, or the error it ended with."""
-        if self.artifacts is not None:
-            return self.artifacts
-        if self.error is not None:
-            raise self.error
-        raise errors.ServerError(f"generation {self.id} has not finished")
+    @property
+    def organization_id(self) -> str:
+        return self.spec.organization_id
+
+    @property
+    def key(self) -> GenerationKey:
+        return self.spec.key
 
 
-@dataclass(frozen=True)
-class JobView:
-    """A job's state as clients see it (GET /v1/generation/{id}, the event stream)."""
+class Ledger(Protocol):
+    """What a backend needs of billing: each call one transaction of the store's."""
 
-    id: str
-    status: str
-    step: int
-    total: int
-    queue_position: int | None
-    batch_size: int = 0
+    def reserve(self, spec: JobSpec) -> None:
+        """Record the generation as queued and hold its cost: InsufficientBalance when short,
+        DuplicateGenerationId when the organization has used its id already."""
 
-    def as_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "status": self.status,
-            "progress": {"step": self.step, "total": self.total},
-        }
-        if self.queue_position is not None:
-            body["queue_position"] = self.queue_position
-        if self.batch_size:
-            body["batch_size"] = self.batch_size
-        return body
+    def start(self, *generations: GenerationKey) -> None:
+        """They start, together in one pipeline call when there are several."""
+
+    def succeed(self, generation: GenerationKey, finish_reasons: list[str]) -> None:
+        """Charge it."""
+
+    def end(
+        self, generation: GenerationKey, status: GenerationStatus, error: errors.ApiError
+    ) -> None:
+        """Refund it: it failed or was cancelled, for `error`."""
 
 
 class JobBackend(Protocol):
@@ -115,18 +127,22 @@ class JobBackend(Protocol):
         InsufficientBalance, DuplicateGenerationId, ShuttingDown."""
 
     async def wait(self, job: Job, disconnected: Callable[[], Awaitable[None]]) -> list[Artifact]:
-        """The job's artifacts once it is done; cancels it if `disconnected()` returns first
-        (it returns when the client goes away)."""
+        """The job's artifacts once it is done (or the error it ended with); cancels it if
+        `disconnected()` returns first (it returns when the client goes away)."""
 
     def get(self, job_id: str, organization_id: str) -> Job | None:
-        """The organization's job `job_id`, if this backend holds it."""
+        """The organization's job `job_id` while this backend holds it (queued or running)."""
 
-    def view(self, job: Job) -> JobView: ...
+    def result(self, job_id: str, organization_id: str) -> list[Artifact] | None:
+        """A finished generation's artifacts while they are kept (None after result_ttl_s)."""
+
+    def view(self, job: Job) -> GenerationStatusBody: ...
 
     async def cancel(self, job_id: str, organization_id: str) -> Job | None:
-        """Cancel a queued or running job of the organization; None if there is none."""
+        """Cancel a queued or running job of the organization; None if this backend holds
+        none by that id."""
 
-    def events(self, job: Job) -> AsyncIterator[JobView]:
+    def events(self, job: Job) -> AsyncIterator[GenerationStatusBody]:
         """The job's state now, then at every change, until it has finished."""
 
     async def shutdown(self, grace_s: float) -> None:

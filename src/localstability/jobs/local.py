@@ -6,13 +6,17 @@ front of one inference worker thread per device.
 - Order: round robin over organizations (each gets one job per turn, first come first served
   within an organization), so one heavy user can't starve the rest.
 - Batching: the job that comes next takes along queued jobs that can share its pipeline call
-  (equal `Batching.key`, up to `max_images`), taking turns across organizations the same way;
-  `batch_window_s` lets a batch with room wait for more. Each job keeps its own seeds.
-- Cancellation: a queued job leaves the queue at once; a running one stops at its next
-  denoising step (StepControl), or, in a batch with others still wanted, leaves the batch at
-  once and its images are dropped. Either way its credits are refunded.
-- Results stay in memory for `result_ttl_s` after a job ends; the generation record (status,
-  cost, timings) stays in the database.
+  (equal `TaskRun.batch_key()`, up to its `batch_max_images`), taking turns across
+  organizations the same way; `batch_window_s` lets a batch with room wait for more. Each job
+  keeps its own seeds.
+- Running: the worker thread reads the jobs' input images from the artifact store and runs
+  their `TaskRun`s (`inference.tasks.run_tasks`); PNG encoding, the charge and storing the
+  results go on in a task of their own, so the device starts the next batch at once.
+- Cancellation: a queued job leaves the queue at once; a running one stops at its next step
+  (StepControl), or, in a batch with others still wanted, leaves the batch at once and its
+  images are dropped. Either way its credits are refunded.
+- A finished job leaves this backend: its results stay in the artifact store for
+  `result_ttl_s`, and its record (status, cost, error) in the database.
 """
 
 from __future__ import annotations
@@ -21,21 +25,28 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
-
 from localstability import errors
 from localstability.inference.control import BatchControl, JobCancelled, StepControl
 from localstability.inference.diffusion import GeneratedImage
+from localstability.inference.loader import PipelineCache
+from localstability.inference.tasks import Batch, run_tasks
 from localstability.inference.worker import InferenceWorker
-from localstability.jobs.base import Job, JobSpec, JobView
-from localstability.service.artifacts import Artifact, to_artifacts
-from localstability.service.billing import Billing
-from localstability.store.models import FINISHED, GenerationStatus
+from localstability.jobs.artifacts import (
+    Artifact,
+    ArtifactStore,
+    get_result,
+    put_result,
+    result_prefix,
+    to_artifacts,
+)
+from localstability.jobs.base import GenerationKey, Job, JobSpec, Ledger
+from localstability.jobs.execute import read_inputs
+from localstability.protocol import FINISHED, GenerationProgress, GenerationStatus
+from localstability.protocol import GenerationStatusBody as View
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +54,25 @@ log = logging.getLogger(__name__)
 class LocalJobBackend:
     def __init__(
         self,
-        billing: Billing,
+        ledger: Ledger,
         worker: InferenceWorker,
+        pipelines: PipelineCache,
+        store: ArtifactStore,
         *,
         max_queued: int = 256,
         max_per_organization: int = 64,
         result_ttl_s: float = 600.0,
         batch_window_s: float = 0.0,
     ) -> None:
-        self.billing = billing
+        self.ledger = ledger
         self.worker = worker
+        self.pipelines = pipelines
+        self.store = store
         self.max_queued = max_queued
         self.max_per_organization = max_per_organization
         self.result_ttl_s = result_ttl_s
         self.batch_window_s = batch_window_s
-        self._jobs: dict[tuple[str, str], Job] = {}  # by (organization, generation id)
+        self._jobs: dict[GenerationKey, Job] = {}  # queued or running
         self._queues: OrderedDict[str, deque[Job]] = OrderedDict()
         self._admitting: dict[str, int] = {}
         self._running: list[Job] = []  # the batch on the device (or being gathered)
@@ -65,7 +80,7 @@ class LocalJobBackend:
         self._wakeup = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
-        self._subscribers: dict[tuple[str, str], set[asyncio.Queue[JobView]]] = {}
+        self._subscribers: dict[GenerationKey, set[asyncio.Queue[View]]] = {}
 
     # -- admission -------------------------------------------------------------------------
 
@@ -83,7 +98,7 @@ class LocalJobBackend:
                 "the server is shutting down; retry on another server or later",
                 headers={"Retry-After": "10"},
             )
-        org = spec.principal.organization_id
+        org = spec.organization_id
         if self.max_queued and self._queued_count() >= self.max_queued:
             raise errors.QueueFull(
                 f"the generation queue is full ({self.max_queued} waiting); retry shortly",
@@ -95,36 +110,22 @@ class LocalJobBackend:
                 "running, the most it may; wait for one to finish",
                 headers={"Retry-After": "1"},
             )
-        job_id = spec.id or uuid.uuid4().hex
-        if (org, job_id) in self._jobs:
-            raise errors.DuplicateGenerationId(f"generation id {job_id} is in use already")
+        if spec.key in self._jobs:
+            raise errors.DuplicateGenerationId(f"generation id {spec.id} is in use already")
         self._admitting[org] = self._admitting.get(org, 0) + 1
         try:
-            await asyncio.to_thread(
-                self.billing.reserve,
-                spec.principal,
-                spec.engine,
-                spec.task,
-                spec.parameters,
-                spec.cost,
-                job_id,
-            )
-        except IntegrityError:
-            raise errors.DuplicateGenerationId(
-                f"generation id {job_id} is in use already"
-            ) from None
+            await asyncio.to_thread(self.ledger.reserve, spec)
         finally:
             self._admitting[org] -= 1
             if not self._admitting[org]:
                 del self._admitting[org]
-        job = Job(id=job_id, organization_id=org, spec=spec)
+        job = Job(spec=spec)
         job.control = StepControl(self._progress_reporter(job))  # it reports on `job` itself
-        self._jobs[org, job_id] = job
+        self._jobs[spec.key] = job
         self._queues.setdefault(org, deque()).append(job)
         self._ensure_dispatcher()
         self._wakeup.set()
         self._publish_all_queued()
-        self._prune()
         return job
 
     # -- running ---------------------------------------------------------------------------
@@ -146,18 +147,18 @@ class LocalJobBackend:
     @staticmethod
     def _room(batch: list[Job]) -> int:
         """How many more images the batch may take (0 for a job that runs alone)."""
-        head = batch[0].spec.batching
-        if head is None:
+        head = batch[0].spec.run
+        if not head.batches:
             return 0
-        used = sum(job.spec.batching.images for job in batch if job.spec.batching is not None)
-        return head.max_images - used
+        return head.batch_max_images - sum(job.spec.run.images for job in batch)
 
     def _fill(self, batch: list[Job]) -> None:
         """Add queued jobs that can share the batch's pipeline call, one per organization per
         turn (oldest first within an organization), while there is room."""
-        head = batch[0].spec.batching
-        if head is None:
+        head = batch[0].spec.run
+        if not head.batches:
             return
+        key = head.batch_key()
         added = True
         while added and self._room(batch) > 0:
             added = False
@@ -167,9 +168,9 @@ class LocalJobBackend:
                     (
                         j
                         for j in queue
-                        if j.spec.batching is not None
-                        and j.spec.batching.key == head.key
-                        and j.spec.batching.images <= self._room(batch)
+                        if j.spec.run.batches
+                        and j.spec.run.batch_key() == key
+                        and j.spec.run.images <= self._room(batch)
                     ),
                     None,
                 )
@@ -229,8 +230,8 @@ class LocalJobBackend:
         return report
 
     async def _execute(self, batch: list[Job]) -> None:
-        """Run the batch's inference; each job's completion (PNG encoding, charge) goes on in
-        a task of its own, so the device starts the next batch at once."""
+        """Run the batch's inference; each job's completion (PNG encoding, charge, results)
+        goes on in a task of its own, so the device starts the next batch at once."""
         for job in batch:
             if job.control.cancelled:  # cancelled while the batch was gathered
                 await self._failed(job, JobCancelled())
@@ -245,13 +246,10 @@ class LocalJobBackend:
 
         def work() -> list[list[GeneratedImage]]:
             control.check()  # cancelled between dispatch and start
-            self.billing.start(*(job.key for job in live))
-            if len(live) == 1:
-                return [live[0].spec.run(control)]
-            batching = live[0].spec.batching
-            assert batching is not None
-            parts = [job.spec.batching.part for job in live if job.spec.batching is not None]
-            return batching.run(parts, control)
+            self.ledger.start(*(job.key for job in live))
+            inputs = [read_inputs(job.spec, self.store) for job in live]
+            runs = Batch([job.spec.run for job in live], inputs)
+            return run_tasks(self.pipelines, runs, control)
 
         try:
             results = await self.worker.run(work)
@@ -277,12 +275,16 @@ class LocalJobBackend:
         try:
             artifacts = await asyncio.to_thread(to_artifacts, images, job.control.check)
             reasons = [a.finish_reason.value for a in artifacts]
-            await asyncio.to_thread(self.billing.succeed, job.key, reasons)
+            await asyncio.to_thread(self.ledger.succeed, job.key, reasons)
         except Exception as exc:
             job.settled = False
             await self._failed(job, exc)
             return
-        job.artifacts = artifacts
+        prefix = result_prefix(*job.key)
+        try:
+            await asyncio.to_thread(put_result, self.store, prefix, artifacts, self.result_ttl_s)
+        except Exception:  # charged and recorded: its answer is then 410 result_expired
+            log.exception("results not stored", extra={"generation": job.id})
         self._finish(job, GenerationStatus.SUCCEEDED)
 
     async def _failed(self, job: Job, exc: BaseException) -> None:
@@ -308,13 +310,15 @@ class LocalJobBackend:
     async def _end(self, job: Job, status: GenerationStatus, error: errors.ApiError) -> None:
         """A job that made no images: refund, record why, wake its waiters."""
         job.settled = True
-        await asyncio.to_thread(self.billing.end, job.key, status, f"{error.name}: {error.message}")
+        await asyncio.to_thread(self.ledger.end, job.key, status, error)
         job.error = error
         self._finish(job, status)
 
     def _finish(self, job: Job, status: GenerationStatus) -> None:
         job.status = status
-        job.finished = time.monotonic()
+        for key in job.spec.inputs.values():
+            self.store.expire(key, 0)
+        self._jobs.pop(job.key, None)
         job.done.set()
         self._publish(job)
 
@@ -340,10 +344,21 @@ class LocalJobBackend:
             log.info("client went away: cancelling", extra={"generation": job.id})
             await self.cancel(job.id, job.organization_id)
             await job.done.wait()
-        return job.result()
+        if job.error is not None:
+            raise job.error
+        artifacts = self.result(job.id, job.organization_id)
+        if artifacts is None:
+            raise errors.ResultExpired(
+                f"generation {job.id} succeeded, but its images are no longer kept "
+                f"(results stay {self.result_ttl_s:g} s)"
+            )
+        return artifacts
 
     def get(self, job_id: str, organization_id: str) -> Job | None:
         return self._jobs.get((organization_id, job_id))
+
+    def result(self, job_id: str, organization_id: str) -> list[Artifact] | None:
+        return get_result(self.store, result_prefix(organization_id, job_id))
 
     def queue_position(self, job: Job) -> int | None:
         """How many jobs will start before this queued one (0: it is next)."""
@@ -362,14 +377,13 @@ class LocalJobBackend:
             ahead += min(len(other), index + int(before_in_turn))
         return ahead
 
-    def view(self, job: Job) -> JobView:
-        return JobView(
+    def view(self, job: Job) -> View:
+        return View(
             id=job.id,
             status=job.status.value,
-            step=job.step,
-            total=job.total or job.spec.steps,
+            progress=GenerationProgress(step=job.step, total=job.total or job.spec.steps),
             queue_position=self.queue_position(job),
-            batch_size=job.batch_size,
+            batch_size=job.batch_size or None,
         )
 
     async def cancel(self, job_id: str, organization_id: str) -> Job | None:
@@ -412,8 +426,8 @@ class LocalJobBackend:
             for job in queue:
                 self._publish(job)
 
-    async def events(self, job: Job) -> AsyncIterator[JobView]:
-        updates: asyncio.Queue[JobView] = asyncio.Queue()
+    async def events(self, job: Job) -> AsyncIterator[View]:
+        updates: asyncio.Queue[View] = asyncio.Queue()
         self._subscribers.setdefault(job.key, set()).add(updates)
         try:
             last = self.view(job)
@@ -428,16 +442,6 @@ class LocalJobBackend:
                 self._subscribers.pop(job.key, None)
 
     # -- housekeeping ----------------------------------------------------------------------
-
-    def _prune(self) -> None:
-        """Forget results older than result_ttl_s."""
-        now = time.monotonic()
-        for key in [
-            key
-            for key, j in self._jobs.items()
-            if j.finished is not None and now - j.finished > self.result_ttl_s
-        ]:
-            del self._jobs[key]
 
     def pending(self) -> int:
         return self._queued_count() + len(self._running) + len(self._completing)

@@ -8,7 +8,6 @@ arguments where REST has file parts and MCP content where REST has artifacts.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import logging
@@ -31,13 +30,13 @@ from pydantic import BaseModel, ValidationError
 
 from localstability import errors
 from localstability.context import AppContext
-from localstability.engines import Task
+from localstability.engines import EngineSpec, Task
 from localstability.errors import (
     UNEXPECTED_MESSAGE,
     describe_validation_errors,
     report_unexpected,
 )
-from localstability.jobs.base import Job, JobSpec
+from localstability.jobs.artifacts import Artifact
 from localstability.mcp.protocol import (
     ArtifactInfo,
     EngineArguments,
@@ -53,12 +52,13 @@ from localstability.mcp.protocol import (
 )
 from localstability.protocol import (
     Error,
+    GenerationStatusBody,
     ImageToImageRequestBody,
     MaskingRequestBody,
     TextToImageRequestBody,
     UpscaleRequestBody,
 )
-from localstability.service.artifacts import Artifact
+from localstability.service.generation import Delivery, Outcome
 from localstability.service.images import check_file_size
 from localstability.store.accounts import Principal
 
@@ -128,10 +128,6 @@ def error_result(exc: errors.ApiError, error_id: str | None = None) -> CallToolR
     return CallToolResult(content=[TextContent(text=text)], is_error=True)
 
 
-async def _forever() -> None:
-    await asyncio.Event().wait()
-
-
 @dataclass(frozen=True)
 class ToolSpec:
     """One tool: its name, what it tells the assistant, its arguments and its use case."""
@@ -141,7 +137,7 @@ class ToolSpec:
     description: str
     arguments: type[ToolArguments]
     output: type[BaseModel]
-    run: Callable[[Principal, Any], Awaitable[CallToolResult]]
+    run: Callable[[Principal, EngineSpec | None, Any], Awaitable[CallToolResult]]
     read_only: bool = False
     task: Task | None = None  # the task whose engines the tool takes
 
@@ -256,11 +252,15 @@ class ImageTools:
         try:
             caller = await principal()
             engine_id = arguments.get("engine_id")
+            engine = None
             if spec.task is not None and isinstance(engine_id, str):
                 # As the REST routes: an unknown engine, or one without the task, comes
                 # before anything else in the request.
-                self.context.generation.engine(engine_id, spec.task)
-            result = await spec.run(caller, validated(spec.arguments, arguments))
+                engine = self.context.generation.engine(engine_id, spec.task)
+            args = validated(spec.arguments, arguments)
+            if isinstance(args, EngineArguments) and engine is None:  # not a string: now it is
+                engine = self.context.generation.engine(args.engine_id, spec.task)
+            result = await spec.run(caller, engine, args)
             outcome = "ok"
         except errors.ApiError as exc:
             result, outcome = error_result(exc), exc.name
@@ -280,52 +280,53 @@ class ImageTools:
         )
         return result
 
-    # -- the tools -------------------------------------------------------------------------
+    # -- the tools: arguments in, the use case, content out --------------------------------
 
     async def generate_image_from_text(
-        self, principal: Principal, args: TextToImageArguments
+        self, principal: Principal, engine: EngineSpec | None, args: TextToImageArguments
     ) -> CallToolResult:
+        assert engine is not None
         body = request_body(args, TextToImageRequestBody)
-        spec = await self.context.generation.text_to_image(
-            principal, args.engine_id, body, png_response=False
+        outcome = await self.context.generation.text_to_image(
+            principal, engine, body, self._delivery()
         )
-        return await self._run(spec)
+        return self._result(engine, outcome)
 
     async def transform_image(
-        self, principal: Principal, args: TransformImageArguments
+        self, principal: Principal, engine: EngineSpec | None, args: TransformImageArguments
     ) -> CallToolResult:
-        return await self._with_images(
-            principal,
-            args,
-            ImageToImageRequestBody,
-            {"init_image": args.init_image},
-            self.context.generation.image_to_image,
+        assert engine is not None
+        body = request_body(args, ImageToImageRequestBody)
+        files = self._files(init_image=args.init_image)
+        outcome = await self.context.generation.image_to_image(
+            principal, engine, body, files, self._delivery()
         )
+        return self._result(engine, outcome)
 
     async def inpaint_image(
-        self, principal: Principal, args: InpaintImageArguments
+        self, principal: Principal, engine: EngineSpec | None, args: InpaintImageArguments
     ) -> CallToolResult:
-        return await self._with_images(
-            principal,
-            args,
-            MaskingRequestBody,
-            {"init_image": args.init_image, "mask_image": args.mask_image},
-            self.context.generation.masking,
+        assert engine is not None
+        body = request_body(args, MaskingRequestBody)
+        files = self._files(init_image=args.init_image, mask_image=args.mask_image)
+        outcome = await self.context.generation.masking(
+            principal, engine, body, files, self._delivery()
         )
+        return self._result(engine, outcome)
 
     async def upscale_image(
-        self, principal: Principal, args: UpscaleImageArguments
+        self, principal: Principal, engine: EngineSpec | None, args: UpscaleImageArguments
     ) -> CallToolResult:
-        return await self._with_images(
-            principal,
-            args,
-            UpscaleRequestBody,
-            {"image": args.image},
-            self.context.generation.upscale,
+        assert engine is not None
+        body = request_body(args, UpscaleRequestBody)
+        files = self._files(image=args.image)
+        outcome = await self.context.generation.upscale(
+            principal, engine, body, files, self._delivery()
         )
+        return self._result(engine, outcome)
 
     async def list_available_models(
-        self, _principal: Principal, _args: ListModelsArguments
+        self, _principal: Principal, _engine: EngineSpec | None, _args: ListModelsArguments
     ) -> CallToolResult:
         models = ModelList(
             models=[
@@ -343,52 +344,33 @@ class ImageTools:
 
     # -- shared steps ----------------------------------------------------------------------
 
-    async def _with_images(
-        self,
-        principal: Principal,
-        args: EngineArguments,
-        body: type[BaseModel],
-        images: dict[str, str | None],
-        prepare: Callable[..., Awaitable[JobSpec]],
-    ) -> CallToolResult:
-        """What the REST routes' multipart endpoints do, with base64 arguments for the file
-        parts (named as REST names them; None: not given)."""
-        files = {
+    def _files(self, **images: str | None) -> dict[str, bytes]:
+        """The base64 image arguments as the file parts REST would have (None: not given)."""
+        return {
             field: image_bytes(value, field, self.context.settings.max_upload_bytes)
             for field, value in images.items()
             if value is not None
         }
-        spec = await prepare(
-            principal, args.engine_id, request_body(args, body), files, png_response=False
-        )
-        return await self._run(spec)
 
-    async def _run(self, spec: JobSpec) -> CallToolResult:
-        """Submit the job (its credits reserved) and wait for its images, reporting its
-        steps when the caller asked; a call that is cancelled, or whose client goes away,
-        cancels its job (which is refunded)."""
-        job = await self.context.jobs.submit(spec)
+    @staticmethod
+    def _delivery() -> Delivery:
+        """The call waits for its images (a cancelled call cancels its job, which is
+        refunded), and hears each step, or upscale tile, when its caller asked."""
         report = _reporter.get()
-        watching = asyncio.ensure_future(self._report(job, report)) if report else None
-        try:
-            artifacts = await self.context.jobs.wait(job, _forever)
-        except BaseException:
-            if watching is not None:
-                watching.cancel()
-            raise
-        if watching is not None:
-            await watching  # it ends at the job's last state: every step is sent before the result
-        return generation_result(job.id, spec.engine.id, artifacts)
-
-    async def _report(self, job: Job, report: Reporter) -> None:
-        """Each unit of work done (a denoising step, an upscale's tile), as `progress` out of
-        `total` (what the REST event stream shows), with the job's status as the message. MCP
-        asks that progress grow with each notification, so a repeated unit is not sent again."""
+        if report is None:
+            return Delivery()
         sent = 0
-        try:
-            async for view in self.context.jobs.events(job):
-                if view.step > sent:
-                    sent = view.step
-                    await report(view.step, view.total or None, view.status)
-        except Exception:  # e.g. the caller's stream closed: the call itself will see that
-            log.info("progress not sent", extra={"generation": job.id}, exc_info=True)
+
+        async def progress(view: GenerationStatusBody) -> None:
+            # MCP asks that progress grow with each notification: a unit is sent once.
+            nonlocal sent
+            if view.progress.step > sent:
+                sent = view.progress.step
+                await report(view.progress.step, view.progress.total or None, view.status)
+
+        return Delivery(progress=progress)
+
+    @staticmethod
+    def _result(engine: EngineSpec, outcome: Outcome) -> CallToolResult:
+        assert outcome.artifacts is not None
+        return generation_result(outcome.generation_id, engine.id, outcome.artifacts)

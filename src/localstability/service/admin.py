@@ -63,7 +63,8 @@ class GenerationInfo(BaseModel):
     credits: float
     seconds: float | None = Field(description="Run time, from start to end.")
     finish_reasons: list[str] | None
-    error: str | None
+    error: str | None = Field(description="How it failed: the error's name, then its message.")
+    error_name: str | None = Field(description="The error envelope's name, e.g. server_error.")
     batch_size: int | None = Field(
         description="Generations that ran in one pipeline call with it, itself included."
     )
@@ -205,7 +206,8 @@ class AdminService:
                     if g.finished_at and g.started_at
                     else None,
                     finish_reasons=g.finish_reasons,
-                    error=g.error,
+                    error=f"{g.error_name}: {g.error}" if g.error_name else g.error,
+                    error_name=g.error_name,
                     batch_size=g.batch_size,
                 )
                 for g in records

@@ -17,25 +17,23 @@ import os
 import socket
 import uuid
 from datetime import timedelta
-from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
-from localstability.engines import EngineSpec, Task
+from localstability import errors
+from localstability.jobs.base import GenerationKey, JobSpec
 from localstability.store import ledger
-from localstability.store.accounts import Principal
 from localstability.store.db import Database
 from localstability.store.models import Generation, GenerationStatus, Runner, utcnow
 
 log = logging.getLogger(__name__)
 
 
-INTERRUPTED = (
-    "generation_interrupted: the server stopped before the generation finished; "
-    "its credits were refunded"
+INTERRUPTED = errors.GenerationInterrupted(
+    "the generation was interrupted: its server stopped before it finished; its credits were "
+    "refunded"
 )
-
-GenerationKey = tuple[str, str]  # (organization_id, generation id)
 
 
 def _process_gone(pid: int) -> bool:
@@ -102,7 +100,8 @@ class Billing:
                     organization_id,
                     generation_id,
                     GenerationStatus.FAILED,
-                    error=INTERRUPTED,
+                    error=INTERRUPTED.message,
+                    error_name=INTERRUPTED.name,
                 )
             if dead:
                 session.execute(delete(Runner).where(Runner.id.in_(dead)))
@@ -133,30 +132,27 @@ class Billing:
 
     # -- one generation --------------------------------------------------------------------
 
-    def reserve(
-        self,
-        principal: Principal,
-        engine: EngineSpec,
-        task: Task,
-        parameters: dict[str, Any],
-        cost: int,
-        generation_id: str | None = None,
-    ) -> str:
-        """Record a queued generation and hold its cost; InsufficientBalance when short."""
+    def reserve(self, spec: JobSpec) -> None:
+        """Record a queued generation and hold its cost: InsufficientBalance when short,
+        DuplicateGenerationId when the organization used its id already."""
         generation = Generation(
-            id=generation_id or uuid.uuid4().hex,
-            organization_id=principal.organization_id,
-            user_id=principal.user_id,
-            api_key_id=principal.key_id or None,
-            engine_id=engine.id,
-            task=task.value,
-            parameters=parameters,
-            cost=cost if self.enabled else 0,
+            id=spec.id,
+            organization_id=spec.organization_id,
+            user_id=spec.user_id,
+            api_key_id=spec.key_id or None,
+            engine_id=spec.engine_id,
+            task=spec.task.value,
+            parameters=spec.summary,
+            cost=spec.cost if self.enabled else 0,
             runner=self.runner,
         )
-        with self.database.session.begin() as session:
-            ledger.reserve(session, generation)
-        return generation.id
+        try:
+            with self.database.session.begin() as session:
+                ledger.reserve(session, generation)
+        except IntegrityError:
+            raise errors.DuplicateGenerationId(
+                f"generation id {spec.id} is in use already"
+            ) from None
 
     def record(self, generation_id: str, organization_id: str) -> Generation | None:
         """The organization's generation record `generation_id`, if there is one."""
@@ -178,9 +174,13 @@ class Billing:
                 finish_reasons=finish_reasons,
             )
 
-    def end(self, generation: GenerationKey, status: GenerationStatus, error: str) -> None:
-        """Refund: the generation failed or was cancelled."""
+    def end(
+        self, generation: GenerationKey, status: GenerationStatus, error: errors.ApiError
+    ) -> None:
+        """Refund: the generation failed or was cancelled, for `error`."""
         with self.database.session.begin() as session:
-            refunded = ledger.finish(session, *generation, status, error=error)
+            refunded = ledger.finish(
+                session, *generation, status, error=error.message, error_name=error.name
+            )
         if refunded:
             log.info("generation refunded", extra={"generation": generation[1], "status": status})

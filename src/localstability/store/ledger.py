@@ -159,6 +159,7 @@ def finish(
     *,
     finish_reasons: list[str] | None = None,
     error: str | None = None,
+    error_name: str | None = None,
 ) -> bool:
     """End a generation: charge its hold on success, refund it otherwise.
 
@@ -177,6 +178,7 @@ def finish(
             finished_at=utcnow(),
             finish_reasons=finish_reasons,
             error=error[:2000] if error else None,
+            error_name=error_name,
         )
         .returning(Generation.cost)
     ).first()

@@ -23,6 +23,10 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from localstability.protocol import FINISHED, GenerationStatus
+
+__all__ = ["FINISHED", "GenerationStatus"]  # re-exported: the column's values
+
 MICROS_PER_CREDIT = 1_000_000
 
 
@@ -120,17 +124,6 @@ class EntryKind(StrEnum):
     REFUND = "refund"  # a held amount given back: the generation failed or was cancelled
 
 
-class GenerationStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-FINISHED = (GenerationStatus.SUCCEEDED, GenerationStatus.FAILED, GenerationStatus.CANCELLED)
-
-
 class Generation(Base):
     """One generation request: who asked, what, what it cost and how it ended.
 
@@ -157,6 +150,8 @@ class Generation(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
     finish_reasons: Mapped[list[str] | None] = mapped_column(JsonType, nullable=True)
+    # How it failed: the error envelope's name (e.g. generation_interrupted) and message.
+    error_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(String(2000), nullable=True)
     # The server process that runs it (a Runner's id): what a dead one held is refunded.
     runner: Mapped[str | None] = mapped_column(String(128), nullable=True)

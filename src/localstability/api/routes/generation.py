@@ -19,9 +19,10 @@ from localstability.api.deps import (
     parse_json_body,
     wants_png,
 )
+from localstability.api.errors import GENERATION_ID
 from localstability.api.multipart import parse_fields, read_multipart
 from localstability.engines import Task
-from localstability.jobs.base import JobSpec
+from localstability.jobs.artifacts import Artifact
 from localstability.protocol import (
     GenerationResponse,
     GenerationStatusBody,
@@ -31,7 +32,7 @@ from localstability.protocol import (
     TextToImageRequestBody,
     UpscaleRequestBody,
 )
-from localstability.service.artifacts import Artifact
+from localstability.service.generation import Delivery, Outcome
 from localstability.store.accounts import Principal
 
 router = APIRouter(tags=["v1/generation"])
@@ -87,12 +88,9 @@ def _multipart_body_schema(
 def artifacts_response(
     artifacts: list[Artifact], png: bool, headers: dict[str, str] | None = None
 ) -> Response:
-    """JSON {"artifacts": [...]} or, for Accept: image/png, the PNG with Seed and Finish-Reason."""
+    """JSON {"artifacts": [...]} or, for Accept: image/png, the PNG with Seed and Finish-Reason
+    (the service has made sure that there is one image)."""
     if png:
-        if len(artifacts) > 1:
-            raise errors.InvalidSamples(
-                f"this generation made {len(artifacts)} images; use Accept: application/json"
-            )
         artifact = artifacts[0]
         return Response(
             content=artifact.png,
@@ -116,7 +114,25 @@ def artifacts_response(
     return JSONResponse(body.model_dump(mode="json"), headers=headers)
 
 
-GENERATION_ID = "Generation-Id"
+def status_response(status: GenerationStatusBody, headers: dict[str, str]) -> JSONResponse:
+    """202 and the generation's status body, while it is queued or running."""
+    return JSONResponse(status.model_dump(exclude_none=True), status_code=202, headers=headers)
+
+
+def outcome_response(outcome: Outcome, png: bool, asked_async: bool = False) -> Response:
+    """The answer for a generation: its status (202) or its images."""
+    headers = {GENERATION_ID: outcome.generation_id}
+    if outcome.status is not None:
+        if asked_async:
+            headers |= {
+                "Location": f"/v1/generation/{outcome.generation_id}",
+                "Preference-Applied": "respond-async",
+            }
+        return status_response(outcome.status, headers)
+    assert outcome.artifacts is not None
+    return artifacts_response(outcome.artifacts, png, headers)
+
+
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{7,63}")
 
 
@@ -142,36 +158,21 @@ def prefers_async(request: Request) -> bool:
     return False
 
 
-async def run_generation(
-    request: Request, context: AppContext, spec: JobSpec, png: bool
-) -> Response:
-    """Submit the job; answer 202 at once (Prefer: respond-async) or wait for its images."""
-    spec.id = requested_id(request)
-    job = await context.jobs.submit(spec)
-    headers = {GENERATION_ID: job.id}
-    if prefers_async(request):
-        return JSONResponse(
-            context.jobs.view(job).as_json(),
-            status_code=202,
-            headers={
-                **headers,
-                "Location": f"/v1/generation/{job.id}",
-                "Preference-Applied": "respond-async",
-            },
-        )
-    try:
-        artifacts = await context.jobs.wait(job, lambda: client_gone(request))
-    except errors.ApiError as exc:
-        exc.headers = {**exc.headers, **headers}
-        raise
-    return artifacts_response(artifacts, png, headers)
+def delivery(request: Request, png: bool) -> Delivery:
+    """How this request takes its generation: the headers' choices."""
 
+    async def client_gone() -> None:
+        # The body has been read by now, so the server's next message is the disconnect:
+        # no polling.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
 
-async def client_gone(request: Request) -> None:
-    """Return when the client disconnects. The body has been read by now, so the server's
-    next message is the disconnect: no polling."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    return Delivery(
+        png=png,
+        respond_async=prefers_async(request),
+        generation_id=requested_id(request),
+        disconnected=client_gone,
+    )
 
 
 @router.post(
@@ -190,10 +191,11 @@ async def text_to_image(
     """Generate images from text prompts."""
     png = wants_png(accept)
     # An unknown engine, or one that can't do the task, is refused before the body is read.
-    context.generation.engine(engine_id, Task.TEXT_TO_IMAGE)
+    engine = context.generation.engine(engine_id, Task.TEXT_TO_IMAGE)
     body = await parse_json_body(request, TextToImageRequestBody)
-    spec = await context.generation.text_to_image(principal, engine_id, body, png_response=png)
-    return await run_generation(request, context, spec, png)
+    how = delivery(request, png)
+    outcome = await context.generation.text_to_image(principal, engine, body, how)
+    return outcome_response(outcome, png, how.respond_async)
 
 
 async def _multipart_generation(
@@ -204,17 +206,18 @@ async def _multipart_generation(
     task: Task,
     model: type[BaseModel],
     file_fields: tuple[str, ...],
-    prepare: Callable[..., Awaitable[JobSpec]],
+    generate: Callable[..., Awaitable[Outcome]],
     context: AppContext,
 ) -> Response:
-    """The shape every multipart endpoint shares: engine check, form, fields, run, response."""
+    """The shape every multipart endpoint shares: engine check, form, fields, use case."""
     png = wants_png(accept)
     # An unknown engine, or one that can't do the task, is refused before the body is read.
-    context.generation.engine(engine_id, task)
+    engine = context.generation.engine(engine_id, task)
     form = await read_multipart(request, file_fields, context.settings.max_upload_bytes)
     body = parse_fields(form, model)
-    spec = await prepare(principal, engine_id, body, form.files, png_response=png)
-    return await run_generation(request, context, spec, png)
+    how = delivery(request, png)
+    outcome = await generate(principal, engine, body, form.files, how)
+    return outcome_response(outcome, png, how.respond_async)
 
 
 @router.post(

@@ -1,0 +1,320 @@
+"""From a wire body to the work of a job: each rule of the engine checked once, the task's
+parameters as plain data (`inference.tasks.TaskRun`), its input images as PNG bytes, its
+progress total and its price."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image as PILImage
+
+from localstability import errors
+from localstability.config import Settings
+from localstability.engines import CATALOGUE, EngineSpec, Family, Task, get_engine, upscale_size
+from localstability.inference.diffusion import steps_run
+from localstability.inference.families import adapter_for
+from localstability.inference.loader import WeightSource
+from localstability.inference.prompts import WeightedPrompt
+from localstability.inference.tasks import IMAGE, INIT_IMAGE, MASK, TaskRun, png
+from localstability.protocol import (
+    GenerationRequestOptionalParams,
+    ImageToImageRequestBody,
+    InitImageMode,
+    MaskingRequestBody,
+    MaskSource,
+    TextPrompt,
+    TextToImageRequestBody,
+    UpscaleRequestBody,
+)
+from localstability.service.images import decode_upload
+from localstability.service.pricing import cost_micros
+from localstability.service.prompts import weighted_prompts
+from localstability.service.records import extra_prompts
+from localstability.service.seeds import sample_seeds
+
+
+def weight_source(settings: Settings, engine: EngineSpec, role: str = "base") -> WeightSource:
+    """The configured weight source of an engine (the catalogue default unless overridden)."""
+    config = settings.engine_config(engine.id)
+    source = config.source or engine.default_source
+    if role == "inpaint":
+        if not config.inpainting_source:
+            raise ValueError(f"engine {engine.id} has no dedicated inpainting checkpoint")
+        source = config.inpainting_source
+    return WeightSource(
+        engine_id=engine.id,
+        family=engine.family,
+        source=source,
+        config=config.config,
+        variant=config.variant,
+        role=role,
+    )
+
+
+def fallback_source(settings: Settings, engine: EngineSpec) -> WeightSource | None:
+    """The catalogue's fallback weights, used only while the engine's source is the default."""
+    if not engine.fallback_source or settings.engine_config(engine.id).source:
+        return None
+    return WeightSource(engine.id, engine.family, engine.fallback_source)
+
+
+def required_file(files: dict[str, bytes], name: str) -> bytes:
+    try:
+        return files[name]
+    except KeyError:
+        raise errors.BadRequest(f"{name}: is required") from None
+
+
+@dataclass(frozen=True)
+class Work:
+    """A job's work before it has an id: what runs, its input images, its price."""
+
+    run: TaskRun
+    inputs: dict[str, bytes]  # PNG bytes by input name
+    cost: int  # micro-credits
+    steps: int  # the progress total known before it starts
+
+
+class TaskBuilder:
+    """The engines a deployment serves, and the work each kind of request makes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def engines(self) -> list[EngineSpec]:
+        """The engines this deployment serves, in catalogue order."""
+        return [e for e in CATALOGUE.values() if self.settings.engine_config(e.id).enabled]
+
+    def engine(self, engine_id: str, task: Task | None = None) -> EngineSpec:
+        """The enabled engine `engine_id` (404 otherwise), checked to support `task`."""
+        engine = get_engine(engine_id)
+        if not self.settings.engine_config(engine_id).enabled:
+            raise errors.NotFound(f"The specified engine (ID {engine_id}) was not found.")
+        if task is not None and task not in engine.tasks:
+            raise errors.BadRequest(f"engine {engine_id} does not support {task.value}")
+        return engine
+
+    def cost(
+        self,
+        engine: EngineSpec,
+        width: int,
+        height: int,
+        steps: int | None = None,
+        samples: int = 1,
+        prompts: list[WeightedPrompt] | None = None,
+    ) -> int:
+        """The price in micro-credits (see localstability.service.pricing)."""
+        factor = self.settings.engine_config(engine.id).cost_factor
+        return cost_micros(
+            engine.cost_factor if factor is None else factor,
+            width=width,
+            height=height,
+            steps=steps,
+            samples=samples,
+            extra_prompts=extra_prompts(prompts or []),
+        )
+
+    def batch_max_images(self, engine: EngineSpec) -> int:
+        if not self.settings.batching:
+            return 1
+        configured = self.settings.engine_config(engine.id).batch_max_images
+        return engine.batch_max_images if configured is None else configured
+
+    async def _decode(self, files: dict[str, bytes], field: str) -> PILImage.Image:
+        """Decode an upload on a thread: a large image takes a while and the loop serves on."""
+        data = required_file(files, field)
+        return await asyncio.to_thread(decode_upload, data, field, self.settings.max_upload_pixels)
+
+    # -- diffusion -------------------------------------------------------------------------
+
+    def _common(
+        self,
+        engine: EngineSpec,
+        body: GenerationRequestOptionalParams,
+        text_prompts: list[TextPrompt],
+        png_response: bool,
+    ) -> list[WeightedPrompt]:
+        """The rules every diffusion request shares: samples vs a PNG answer, a sampler the
+        family offers, the prompts (weighted, styled)."""
+        if png_response and body.samples > 1:
+            raise errors.InvalidSamples(
+                "samples must be 1 when Accept is image/png; "
+                f"use Accept: application/json for {body.samples} samples"
+            )
+        offered = adapter_for(engine.family).samplers
+        if body.sampler is not None and body.sampler not in offered:
+            raise errors.BadRequest(
+                f"sampler: {engine.id} offers {', '.join(offered) or 'no sampler choice'}, "
+                f"not {body.sampler.value}"
+            )
+        return weighted_prompts(text_prompts, body.style_preset)
+
+    def _diffusion(
+        self,
+        engine: EngineSpec,
+        task: Task,
+        body: GenerationRequestOptionalParams,
+        prompts: list[WeightedPrompt],
+        size: tuple[int, int],
+        inputs: dict[str, PILImage.Image] | None = None,
+        source: WeightSource | None = None,
+        **extra: Any,
+    ) -> tuple[TaskRun, int]:
+        """The run and its price."""
+        params = {
+            "prompts": [[p.text, p.weight] for p in prompts],
+            "steps": body.steps,
+            "cfg_scale": body.cfg_scale,
+            "sampler": body.sampler.value if body.sampler else None,
+            "seeds": sample_seeds(body.seed, body.samples),
+            "width": size[0],
+            "height": size[1],
+            **extra,
+        }
+        run = TaskRun(
+            task=task,
+            weights=source or weight_source(self.settings, engine),
+            params=params,
+            inputs=tuple(inputs or ()),
+            batch_max_images=self.batch_max_images(engine),
+        )
+        cost = self.cost(engine, *size, steps=body.steps, samples=body.samples, prompts=prompts)
+        return run, cost
+
+    async def text_to_image(
+        self, engine: EngineSpec, body: TextToImageRequestBody, png_response: bool
+    ) -> Work:
+        # An omitted size takes the engine's default (1024x1024 on SDXL 1.0, else 512x512).
+        prompts = self._common(engine, body, body.text_prompts, png_response)
+        width = body.width if "width" in body.model_fields_set else engine.default_width
+        height = body.height if "height" in body.model_fields_set else engine.default_height
+        engine.check_size(width, height)
+        run, cost = self._diffusion(engine, Task.TEXT_TO_IMAGE, body, prompts, (width, height))
+        return Work(run, {}, cost, body.steps)
+
+    async def image_to_image(
+        self,
+        engine: EngineSpec,
+        body: ImageToImageRequestBody,
+        files: dict[str, bytes],
+        png_response: bool,
+    ) -> Work:
+        """The output takes the init image's size, under the engine's rules."""
+        init_image = await self._decode(files, INIT_IMAGE)
+        engine.check_size(*init_image.size)
+        prompts = self._common(engine, body, body.text_prompts, png_response)
+        if body.init_image_mode == InitImageMode.IMAGE_STRENGTH:
+            strength, skip_end = 1.0 - body.image_strength, 0.0
+        else:
+            strength, skip_end = body.step_schedule_start, body.step_schedule_end or 0.0
+        images = {INIT_IMAGE: init_image.convert("RGB")}
+        run, cost = self._diffusion(
+            engine,
+            Task.IMAGE_TO_IMAGE,
+            body,
+            prompts,
+            init_image.size,
+            images,
+            strength=strength,
+            skip_end=skip_end,
+        )
+        steps = steps_run(body.steps, strength, skip_end)
+        return Work(run, await _encoded(images), cost, steps)
+
+    async def masking(
+        self,
+        engine: EngineSpec,
+        body: MaskingRequestBody,
+        files: dict[str, bytes],
+        png_response: bool,
+    ) -> Work:
+        """Regenerate where the mask says, keep the init image's pixels elsewhere."""
+        init_image = await self._decode(files, INIT_IMAGE)
+        mask = await self._mask(body.mask_source, init_image, files)
+        engine.check_size(*init_image.size)
+        prompts = self._common(engine, body, body.text_prompts, png_response)
+        config = self.settings.engine_config(engine.id)
+        role = "inpaint" if config.inpainting_source else "base"
+        images = {INIT_IMAGE: init_image.convert("RGB"), MASK: mask}
+        source = weight_source(self.settings, engine, role)
+        run, cost = self._diffusion(
+            engine, Task.MASKING, body, prompts, init_image.size, images, source
+        )
+        return Work(run, await _encoded(images), cost, body.steps)
+
+    async def _mask(
+        self, mask_source: MaskSource, init_image: PILImage.Image, files: dict[str, bytes]
+    ) -> PILImage.Image:
+        """The mask as L: 255 where the image is regenerated, 0 where it is kept."""
+        from PIL import ImageOps
+
+        if mask_source == MaskSource.INIT_IMAGE_ALPHA:
+            if init_image.mode != "RGBA":
+                raise errors.InvalidMaskImage(
+                    "init_image: mask_source INIT_IMAGE_ALPHA needs an init_image with an "
+                    "alpha channel"
+                )
+            return ImageOps.invert(init_image.getchannel("A"))
+        if "mask_image" not in files:
+            raise errors.InvalidMaskImage(
+                f"mask_image: is required when mask_source is {mask_source.value}"
+            )
+        mask = await self._decode(files, "mask_image")
+        if mask.size != init_image.size:
+            raise errors.InvalidImageDimensions(
+                f"mask_image is {mask.size[0]}x{mask.size[1]} but init_image is "
+                f"{init_image.size[0]}x{init_image.size[1]}; they must be the same size"
+            )
+        grey = mask.convert("L")
+        return grey if mask_source == MaskSource.MASK_IMAGE_WHITE else ImageOps.invert(grey)
+
+    # -- upscale ---------------------------------------------------------------------------
+
+    async def upscale(
+        self,
+        engine: EngineSpec,
+        body: UpscaleRequestBody,
+        files: dict[str, bytes],
+        png_response: bool,
+    ) -> Work:
+        """Twice the input by default, or to the given width or height (aspect kept)."""
+        image = await self._decode(files, IMAGE)
+        width, height = upscale_size(*image.size, body.width, body.height)
+        seed = sample_seeds(body.seed, 1)[0]
+        params: dict[str, Any] = {"width": width, "height": height, "seed": seed}
+        source = weight_source(self.settings, engine)
+        inputs = await _encoded({IMAGE: image})
+        if engine.family == Family.ESRGAN:
+            run = TaskRun(
+                task=Task.UPSCALE,
+                weights=source,
+                params=params,
+                inputs=(IMAGE,),
+                fallback=fallback_source(self.settings, engine),
+            )
+            # Its progress counts tiles, which are known once it starts.
+            return Work(run, inputs, self.cost(engine, width, height), 0)
+        prompts = (
+            weighted_prompts(body.text_prompts, None)
+            if body.text_prompts
+            else [WeightedPrompt("", 1.0)]
+        )
+        params |= {
+            "prompts": [[p.text, p.weight] for p in prompts],
+            "steps": body.steps,
+            "cfg_scale": body.cfg_scale,
+        }
+        run = TaskRun(task=Task.UPSCALE, weights=source, params=params, inputs=(IMAGE,))
+        cost = self.cost(engine, width, height, steps=body.steps, prompts=prompts)
+        return Work(run, inputs, cost, body.steps)
+
+
+async def _encoded(images: dict[str, PILImage.Image]) -> dict[str, bytes]:
+    """The input images as PNG bytes (lossless: the job sees these very pixels), on a thread."""
+
+    def encode() -> dict[str, bytes]:
+        return {name: png(image) for name, image in images.items()}
+
+    return await asyncio.to_thread(encode)
