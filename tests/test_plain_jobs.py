@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from localstability.config import load_settings
-from localstability.inference.devices import resolve_device, resolve_dtype
 from localstability.inference.loader import PipelineCache
 from localstability.jobs.artifacts import (
     Artifact,
@@ -141,10 +140,7 @@ def runs(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Runs:
         assert JobSpec.from_json(path.read_text()) == spec
         files.append(str(path))
     # In this process, as the in-process backend runs them.
-    device = resolve_device(settings.device)
-    pipelines = PipelineCache(
-        device, resolve_dtype(settings.dtype, device), True, settings.data_dir / "models"
-    )
+    pipelines = PipelineCache.for_settings(settings)
     here = {task: execute(spec, store, pipelines) for task, spec in jobs.items()}
     # In a fresh process, from the files and the store alone.
     command = [sys.executable, "-m", "localstability.jobs.execute", *files]

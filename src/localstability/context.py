@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 
 from localstability.config import Settings
-from localstability.inference.devices import resolve_device, resolve_dtype
 from localstability.inference.loader import PipelineCache
 from localstability.inference.worker import InferenceWorker
 from localstability.jobs.artifacts import ArtifactStore, DiskArtifactStore, MemoryArtifactStore
@@ -51,13 +50,7 @@ def artifact_store(settings: Settings) -> ArtifactStore:
 
 def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWorker]:
     database = Database(settings.sqlalchemy_url)
-    device = resolve_device(settings.device)
-    pipelines = PipelineCache(
-        device,
-        resolve_dtype(settings.dtype, device),
-        settings.offline,
-        settings.data_dir / "models",
-    )
+    pipelines = PipelineCache.for_settings(settings)
     worker = InferenceWorker(trim_memory=settings.trim_memory)
     store = artifact_store(settings)
     billing = Billing(database, settings.billing, settings.runner_timeout_s)

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from localstability import errors
+from localstability.config import Settings
 from localstability.engines import Family
 from localstability.inference.control import NO_CONTROL, StepControl
+from localstability.inference.devices import resolve_device, resolve_dtype
 from localstability.inference.families import NoPipeline, UnknownFamily, adapter_for
 
 log = logging.getLogger(__name__)
@@ -209,6 +211,17 @@ class PipelineCache:
         self._pipelines: dict[tuple[str, ...], Any] = {}
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, ...], Future[Any]] = {}
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> PipelineCache:
+        """The cache for a deployment: its device and dtype, offline or not, its models dir."""
+        device = resolve_device(settings.device)
+        return cls(
+            device,
+            resolve_dtype(settings.dtype, device),
+            settings.offline,
+            settings.data_dir / "models",
+        )
 
     def get(self, source: WeightSource, control: StepControl = NO_CONTROL) -> Any:
         """The pipeline for `source`, loading it on first use (other callers wait for it)."""

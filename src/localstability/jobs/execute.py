@@ -4,8 +4,8 @@
 
 reads each job (its JSON), takes its input images from the artifact store on disk at DIR,
 runs it on this machine's device, and puts its results in the same store under the
-generation's result prefix (`result_ttl_s` of the configuration). Nothing else of the process that made
-the job is needed: no database, no queue, no server.
+generation's result prefix (`result_ttl_s` of the configuration). Nothing else of the process
+that made the job is needed: no database, no queue, no server.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 from localstability import errors
 from localstability.config import load_settings
 from localstability.inference.control import NO_CONTROL, StepControl
-from localstability.inference.devices import resolve_device, resolve_dtype
 from localstability.inference.loader import PipelineCache
 from localstability.inference.tasks import Batch, run_tasks
 from localstability.jobs.artifacts import (
@@ -59,13 +58,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--config", type=Path, help="the deployment's TOML configuration")
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
-    device = resolve_device(settings.device)
-    pipelines = PipelineCache(
-        device,
-        resolve_dtype(settings.dtype, device),
-        settings.offline,
-        settings.data_dir / "models",
-    )
+    pipelines = PipelineCache.for_settings(settings)
     store = DiskArtifactStore(args.store)
     prefixes = []
     for path in args.jobs:
