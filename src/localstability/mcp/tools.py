@@ -1,9 +1,9 @@
 """The five MCP tools, on the same services as the REST routes.
 
-Each generating tool turns its arguments into the REST request body (`TextToImageRequestBody`,
-...), has `GenerationService` check and price it, and runs the job through the job backend,
-which reserves, charges or refunds the credits: the path of the REST routes, with base64
-arguments where REST has file parts and MCP content where REST has artifacts.
+Each generating tool only translates: its arguments become the REST request body
+(`TextToImageRequestBody`, ...) and base64 images the REST file parts, the service's use case
+does the rest (checks, price, job, credits) exactly as for the REST routes, and its outcome
+becomes MCP content where REST has artifacts.
 """
 
 from __future__ import annotations
