@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Install the real third-party Stability v1 clients that tests/clients drives:
+# Install the real third-party clients that tests/clients drives:
 #   * PyPI `stabilityai` 1.0.5 in its own virtualenv, .venv-stabilityai/ at the repo root
 #     (it pins aiohttp==3.8.4 and pydantic[email]==1.10.2, which clash with the server's deps);
-#   * npm `modelfusion` (exact version pinned in tests/clients/js/package.json + lock).
+#   * npm `modelfusion` (Stability v1 client), and the TypeScript MCP SDK with Ajv for the
+#     MCP tests (exact versions pinned in tests/clients/js/package.json + lock).
 # Idempotent: each step is skipped when its result is already in place.
 # Prints one line per step; tool output is shown only when a step fails.
 #
@@ -78,7 +79,7 @@ else
     stabilityai_ok || die "stabilityai still not importable from $VENV/bin/python"
 fi
 
-# ---- 2. modelfusion (npm) in tests/clients/js/node_modules --------------------------------
+# ---- 2. npm clients (modelfusion, @modelcontextprotocol/sdk, ajv) in tests/clients/js --------
 command -v node >/dev/null 2>&1 || die "node not found"
 command -v npm >/dev/null 2>&1 || die "npm not found"
 [ -f "$JS_DIR/package.json" ] || die "missing $JS_DIR/package.json"

@@ -238,6 +238,16 @@ def start_deployment(
     return deployment
 
 
+@pytest.fixture(scope="session")
+def mcp_deployment(
+    request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Deployment:
+    """The MCP tests' billed server (SQLite), every engine's weights present."""
+    return start_deployment(
+        tiny_dir, tmp_path_factory.mktemp("mcp"), "sqlite", request, all_engines=True
+    )
+
+
 @pytest.fixture(scope="session", params=DATABASES)
 def deployment(
     request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory

@@ -22,7 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import INVALID_PARAMS, CallToolResult, ImageContent, TextContent
 
 from localstability.testing import CLI, cli_env
-from tests.conftest import Deployment, start_deployment
+from tests.conftest import Deployment
 from tests.helpers import encode, pixels, png_image, sample_picture, t2i_body
 
 SD1 = "stable-diffusion-v1-6"
@@ -40,13 +40,9 @@ SD1_SMALL = {**SD1_FAST, "width": 320, "height": 320}
 
 
 @pytest.fixture(scope="module")
-def deployment(
-    request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Deployment:
-    """A billed server of its own, every engine's weights present."""
-    return start_deployment(
-        tiny_dir, tmp_path_factory.mktemp("mcp"), "sqlite", request, all_engines=True
-    )
+def deployment(mcp_deployment: Deployment) -> Deployment:
+    """A billed server of the MCP tests, every engine's weights present."""
+    return mcp_deployment
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +176,15 @@ def test_every_tool_over_streamable_http(deployment: Deployment) -> None:
             progress.assert_steps(10)
             body = succeeded(result)
             assert body["engine_id"] == SD1 and body["generation_id"]
-            assert body["artifacts"] == [{"seed": 42, "finishReason": "SUCCESS"}]
+            # Small enough to come inline: the PNG itself, and its URI all the same.
+            assert body["artifacts"] == [
+                {
+                    "seed": 42,
+                    "finishReason": "SUCCESS",
+                    "uri": f"localstability://generations/{body['generation_id']}/images/0.png",
+                    "preview": False,
+                }
+            ]
             [image] = images(result)
             assert image.size == (320, 320)
             generated = pixels(image)
@@ -406,6 +410,16 @@ def test_a_cancelled_call_cancels_its_generation(deployment: Deployment) -> None
     books = deployment.books()
     assert "cancelled" in {record.status for record in books.records.values()}
     books.assert_settled()
+    # The call's log line says how it ended.
+    calls = [
+        json.loads(line) for line in deployment.server.logs().splitlines() if '"tool call"' in line
+    ]
+    assert {"tool": "generate_image_from_text", "outcome": "cancelled"}.items() <= {
+        key: value
+        for call in calls
+        if call["outcome"] == "cancelled"
+        for key, value in call.items()
+    }.items()
 
 
 def test_stdio_serves_the_tools_for_a_key(deployment: Deployment, tmp_path: Path) -> None:
@@ -422,7 +436,8 @@ def test_stdio_serves_the_tools_for_a_key(deployment: Deployment, tmp_path: Path
                 progress_callback=progress,
             )
             progress.assert_steps(10)
-            assert succeeded(result)["artifacts"] == [{"seed": 3, "finishReason": "SUCCESS"}]
+            [artifact] = succeeded(result)["artifacts"]
+            assert (artifact["seed"], artifact["finishReason"]) == (3, "SUCCESS")
             assert [image.size for image in images(result)] == [(320, 320)]
             progress = Progress()
             result = await session.call_tool(

@@ -14,7 +14,7 @@ from starlette.routing import Route
 from localstability.api.app import rest_app
 from localstability.config import Settings, load_settings
 from localstability.context import bootstrap_key, build_context, stop_services
-from localstability.mcp.http import McpEndpoint
+from localstability.mcp.http import OAUTH_DISCOVERY, McpEndpoint, no_oauth
 from localstability.service.housekeeping import housekeeping
 
 log = logging.getLogger(__name__)
@@ -40,4 +40,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = rest_app(context, lifespan)
     # Every method (POST, GET, DELETE: Streamable HTTP); not in the REST API's OpenAPI.
     app.router.routes.append(Route("/mcp", mcp, include_in_schema=False))
+    for path in OAUTH_DISCOVERY:  # MCP clients look there after a 401
+        app.router.routes.append(Route(path + "{rest:path}", no_oauth, include_in_schema=False))
     return app

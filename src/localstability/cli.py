@@ -74,6 +74,14 @@ def mcp_stdio(
         typer.echo("LOCALSTABILITY_API_KEY is not set: the API key the tools act as", err=True)
         raise typer.Exit(2)
     settings = settings_of(config)
+    if settings.sqlite_file is not None and not settings.sqlite_file.exists():
+        # A wrong data dir would otherwise get a new, empty database, where no key is valid.
+        typer.echo(
+            f"no database at {settings.sqlite_file}: set data_dir (or database_url) to the "
+            "server's, or run `localstability serve` once to create it",
+            err=True,
+        )
+        raise typer.Exit(2)
     configure_logging(settings.log_level, settings.log_json)
     try:
         asyncio.run(serve_stdio(settings, api_key, organization))

@@ -166,6 +166,13 @@ class Settings(BaseSettings):
         "the next job pays some page faults).",
     )
     max_upload_bytes: int = Field(10 * 1024 * 1024, description="Largest accepted image file.")
+    mcp_inline_bytes: int = Field(
+        768 * 1024,
+        ge=0,
+        description="An MCP tool result carries its PNGs inline while their base64 fits this "
+        "many bytes; past it, each image comes as a JPEG preview and a link to the full PNG "
+        "(resources/read). The Python MCP SDK's clients refuse any server-sent event over 1 MiB.",
+    )
     max_upload_pixels: int = Field(
         4096 * 4096, description="Largest accepted image, in pixels (decompression bombs)."
     )
@@ -177,8 +184,13 @@ class Settings(BaseSettings):
         return value.expanduser()
 
     @property
+    def sqlite_file(self) -> Path | None:
+        """The SQLite database file in data_dir, when no database_url is set."""
+        return None if self.database_url else (self.data_dir / "localstability.db").resolve()
+
+    @property
     def sqlalchemy_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'localstability.db').resolve()}"
+        return self.database_url or f"sqlite:///{self.sqlite_file}"
 
     def engine_config(self, engine_id: str) -> EngineConfig:
         return self.engines.get(engine_id, EngineConfig())

@@ -28,9 +28,59 @@ from localstability.protocol import (
 )
 
 
-def wire_field(model: type[BaseModel], name: str) -> Any:
-    """A REST wire model's field, to declare a tool argument of the same name."""
-    return copy(model.model_fields[name])
+def wire_field(model: type[BaseModel], name: str, description: str | None = None) -> Any:
+    """A REST wire model's field, to declare a tool argument of the same name; `description`
+    where the wire field has none (a tool's every argument is described to the assistant)."""
+    field = copy(model.model_fields[name])
+    if description is not None:
+        field.description = description
+    assert field.description, f"{model.__name__}.{name} needs a description"
+    return field
+
+
+# The formats JSON Schema (2020-12) defines; the wire models also carry OpenAPI's ("float",
+# "double"...), which strict validators (Ajv) refuse to compile.
+JSON_SCHEMA_FORMATS = frozenset(
+    [
+        "date-time",
+        "date",
+        "time",
+        "duration",
+        "email",
+        "idn-email",
+        "hostname",
+        "idn-hostname",
+        "ipv4",
+        "ipv6",
+        "uri",
+        "uri-reference",
+        "iri",
+        "iri-reference",
+        "uuid",
+        "uri-template",
+        "json-pointer",
+        "relative-json-pointer",
+        "regex",
+    ]
+)
+
+
+def tool_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The JSON Schema of a tool's arguments or result, without OpenAPI's formats."""
+
+    def clean(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                key: clean(value)
+                for key, value in node.items()
+                if not (key == "format" and value not in JSON_SCHEMA_FORMATS)
+            }
+        if isinstance(node, list):
+            return [clean(item) for item in node]
+        return node
+
+    schema: dict[str, Any] = clean(model.model_json_schema())
+    return schema
 
 
 ENGINE_ID_HELP = "The engine (model) to use: an id that list_available_models lists."
@@ -78,7 +128,11 @@ class PromptArguments(EngineArguments):
     seed: int = wire_field(GenerationRequestOptionalParams, "seed")
     samples: int = wire_field(GenerationRequestOptionalParams, "samples")
     sampler: Sampler | None = wire_field(GenerationRequestOptionalParams, "sampler")
-    style_preset: StylePreset | None = wire_field(GenerationRequestOptionalParams, "style_preset")
+    style_preset: StylePreset | None = wire_field(
+        GenerationRequestOptionalParams,
+        "style_preset",
+        "A style to steer the image towards (the engine's prompt gains its words). Omitted: none.",
+    )
 
     def text_prompts(self) -> list[dict[str, Any]]:
         """The prompt, and the negative prompt with weight -1."""
@@ -117,7 +171,13 @@ class InpaintImageArguments(PromptArguments):
     """inpaint_image."""
 
     init_image: str = Field(description=f"The image to change: a {IMAGE_HELP}.")
-    mask_source: MaskSource = wire_field(MaskingRequestBody, "mask_source")
+    mask_source: MaskSource = wire_field(
+        MaskingRequestBody,
+        "mask_source",
+        "Where the mask comes from: MASK_IMAGE_WHITE (white pixels of mask_image are "
+        "regenerated), MASK_IMAGE_BLACK (black pixels of mask_image), or INIT_IMAGE_ALPHA "
+        "(the transparent pixels of init_image; no mask_image).",
+    )
     mask_image: str | None = Field(
         None,
         description=f"The mask, the size of init_image: a {IMAGE_HELP}. White (or black, "
@@ -139,9 +199,19 @@ class UpscaleImageArguments(EngineArguments):
     prompt: str | None = Field(
         None, description="Latent upscaler only: what the image shows, to guide it."
     )
-    seed: int = wire_field(UpscaleRequestBody, "seed")
-    steps: int = wire_field(UpscaleRequestBody, "steps")
-    cfg_scale: float = wire_field(UpscaleRequestBody, "cfg_scale")
+    seed: int = wire_field(
+        UpscaleRequestBody,
+        "seed",
+        "Latent upscaler only: the noise seed; 0 picks one at random.",
+    )
+    steps: int = wire_field(
+        UpscaleRequestBody, "steps", "Latent upscaler only: the number of denoising steps."
+    )
+    cfg_scale: float = wire_field(
+        UpscaleRequestBody,
+        "cfg_scale",
+        "Latent upscaler only: how strictly the prompt guides the result.",
+    )
 
     def text_prompts(self) -> list[dict[str, Any]] | None:
         return [{"text": self.prompt, "weight": 1.0}] if self.prompt else None
@@ -155,18 +225,29 @@ class ArtifactInfo(BaseModel):
     """What REST's artifact says besides its image (which comes as image content)."""
 
     seed: int = wire_field(Image, "seed")
-    finishReason: FinishReason
+    finishReason: FinishReason = Field(
+        description="SUCCESS, ERROR, or CONTENT_FILTERED (the image was blurred)."
+    )
+    uri: str = Field(
+        description="The full-size PNG as a resource: resources/read answers it while the "
+        "generation's result is kept."
+    )
+    preview: bool = Field(
+        description="True when the result carries a small JPEG preview and a resource link "
+        "for this image instead of the PNG itself (the PNGs are too large to send inline)."
+    )
 
 
 class GenerationResult(BaseModel):
-    """The structured result of a generating tool; its images come as PNG image content, in
-    the same order as `artifacts`."""
+    """The structured result of a generating tool; its images come as image content (PNGs,
+    or JPEG previews each followed by a resource link to its PNG), in the order of
+    `artifacts`."""
 
     generation_id: str = Field(
         description="The generation's id, also for GET /v1/generation/{id} while its result is kept"
     )
-    engine_id: str
-    artifacts: list[ArtifactInfo]
+    engine_id: str = Field(description="The engine that made the images.")
+    artifacts: list[ArtifactInfo] = Field(description="One per image, in order.")
 
 
 class ModelInfo(Engine):
@@ -178,4 +259,4 @@ class ModelInfo(Engine):
 class ModelList(BaseModel):
     """The structured result of list_available_models."""
 
-    models: list[ModelInfo]
+    models: list[ModelInfo] = Field(description="The engines this server runs.")

@@ -18,10 +18,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from mcp.shared.exceptions import MCPError
 from mcp_types import (
+    INVALID_PARAMS,
+    BlobResourceContents,
     CallToolResult,
-    ContentBlock,
-    ImageContent,
+    ReadResourceResult,
     TextContent,
     Tool,
     ToolAnnotations,
@@ -36,9 +38,7 @@ from localstability.errors import (
     describe_validation_errors,
     report_unexpected,
 )
-from localstability.jobs.artifacts import Artifact
 from localstability.mcp.protocol import (
-    ArtifactInfo,
     EngineArguments,
     GenerationResult,
     InpaintImageArguments,
@@ -49,7 +49,9 @@ from localstability.mcp.protocol import (
     ToolArguments,
     TransformImageArguments,
     UpscaleImageArguments,
+    tool_schema,
 )
+from localstability.mcp.results import b64, generation_result, parse_image_uri
 from localstability.protocol import (
     Error,
     GenerationStatusBody,
@@ -65,6 +67,10 @@ from localstability.store.accounts import Principal
 log = logging.getLogger(__name__)
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
+
+# A JSON-RPC server error (the range -32000 to -32099 is the server's own): a request the REST
+# API would refuse, with the REST envelope as its data.
+REFUSED = -32000
 
 # Sends the caller an MCP progress notification: progress, total, message.
 Reporter = Callable[[float, float | None, str | None], Awaitable[None]]
@@ -100,23 +106,6 @@ def image_bytes(value: str, field: str, max_bytes: int) -> bytes:
     return data
 
 
-def generation_result(
-    generation_id: str, engine_id: str, artifacts: list[Artifact]
-) -> CallToolResult:
-    """The images as PNG image content, then their seeds and finish reasons (also as text)."""
-    result = GenerationResult(
-        generation_id=generation_id,
-        engine_id=engine_id,
-        artifacts=[ArtifactInfo(seed=a.seed, finishReason=a.finish_reason) for a in artifacts],
-    )
-    content: list[ContentBlock] = [
-        ImageContent(data=base64.b64encode(a.png).decode("ascii"), mime_type="image/png")
-        for a in artifacts
-    ]
-    content.append(TextContent(text=result.model_dump_json()))
-    return CallToolResult(content=content, structured_content=result.model_dump(mode="json"))
-
-
 def envelope_of(exc: errors.ApiError, error_id: str | None = None) -> Error:
     """The REST API's error envelope for `exc`: {id, name, message}."""
     return Error(id=error_id or uuid.uuid4().hex, name=exc.name, message=exc.message)
@@ -126,6 +115,13 @@ def error_result(exc: errors.ApiError, error_id: str | None = None) -> CallToolR
     """A tool error whose text is the REST API's envelope."""
     text = envelope_of(exc, error_id).model_dump_json()
     return CallToolResult(content=[TextContent(text=text)], is_error=True)
+
+
+def protocol_error(exc: errors.ApiError, code: int = REFUSED) -> MCPError:
+    """A JSON-RPC error for a request (not a tool call) that fails: its message names the
+    REST error, its data is the REST envelope."""
+    envelope = envelope_of(exc)
+    return MCPError(code=code, message=f"{exc.name}: {exc.message}", data=envelope.model_dump())
 
 
 @dataclass(frozen=True)
@@ -223,8 +219,8 @@ class ImageTools:
                     name=spec.name,
                     title=spec.title,
                     description=description,
-                    input_schema=spec.arguments.model_json_schema(),
-                    output_schema=spec.output.model_json_schema(),
+                    input_schema=tool_schema(spec.arguments),
+                    output_schema=tool_schema(spec.output),
                     annotations=ToolAnnotations(
                         title=spec.title,
                         read_only_hint=spec.read_only,
@@ -249,6 +245,7 @@ class ImageTools:
         spec = self.specs[name]
         started = time.perf_counter()
         reporting = _reporter.set(progress)
+        outcome = "cancelled"  # unless the call ends otherwise (its client cancelled it)
         try:
             caller = await principal()
             engine_id = arguments.get("engine_id")
@@ -270,15 +267,46 @@ class ImageTools:
             result, outcome = error_result(unexpected, error_id), unexpected.name
         finally:
             _reporter.reset(reporting)
-        log.info(
-            "tool call",
-            extra={
-                "tool": name,
-                "outcome": outcome,
-                "ms": round((time.perf_counter() - started) * 1000, 1),
-            },
-        )
+            log.info(
+                "tool call",
+                extra={
+                    "tool": name,
+                    "outcome": outcome,
+                    "ms": round((time.perf_counter() - started) * 1000, 1),
+                },
+            )
         return result
+
+    async def read_image(
+        self, uri: str, principal: Callable[[], Awaitable[Principal]]
+    ) -> ReadResourceResult:
+        """The full PNG behind a result's resource link, for its organization's keys, while
+        the generation's result is kept (the REST API's GET /v1/generation/{id}). A URI that
+        names no image, or one no longer kept, is Invalid Params (-32602, as MCP asks of a
+        resource not found); any other refusal is REFUSED; both carry the REST envelope."""
+        parsed = parse_image_uri(uri)
+        try:
+            caller = await principal()
+            if parsed is None:
+                raise errors.NotFound(f"no such resource: {uri}")
+            generation_id, index = parsed
+            outcome = await self.context.generation.result(caller, generation_id, png=False)
+            if outcome.artifacts is None:
+                raise errors.NotFound(f"generation {generation_id} has no images yet")
+            if index >= len(outcome.artifacts):
+                raise errors.NotFound(
+                    f"generation {generation_id} has {len(outcome.artifacts)} images"
+                )
+        except errors.ApiError as exc:
+            gone = isinstance(exc, errors.NotFound | errors.ResultExpired)
+            code = INVALID_PARAMS if gone else REFUSED
+            log.info("resource read", extra={"uri": uri, "outcome": exc.name})
+            raise protocol_error(exc, code) from None
+        png = outcome.artifacts[index].png
+        log.info("resource read", extra={"uri": uri, "outcome": "ok", "bytes": len(png)})
+        return ReadResourceResult(
+            contents=[BlobResourceContents(uri=uri, mime_type="image/png", blob=b64(png))]
+        )
 
     # -- the tools: arguments in, the use case, content out --------------------------------
 
@@ -370,7 +398,11 @@ class ImageTools:
 
         return Delivery(progress=progress)
 
-    @staticmethod
-    def _result(engine: EngineSpec, outcome: Outcome) -> CallToolResult:
+    def _result(self, engine: EngineSpec, outcome: Outcome) -> CallToolResult:
         assert outcome.artifacts is not None
-        return generation_result(outcome.generation_id, engine.id, outcome.artifacts)
+        return generation_result(
+            outcome.generation_id,
+            engine.id,
+            outcome.artifacts,
+            self.context.settings.mcp_inline_bytes,
+        )
