@@ -33,7 +33,7 @@ clients:
 	@bash scripts/setup-clients.sh
 
 services:
-	@bash scripts/setup-postgres.sh
+	@bash scripts/setup-services.sh
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench

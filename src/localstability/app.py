@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        async with housekeeping(context.billing, settings):
+        async with housekeeping(context.billing, settings, context.jobs):
             if settings.bootstrap_key:
                 bootstrap_key(context)
             log.info("ready", extra={"engines": [e.id for e in context.generation.engines()]})

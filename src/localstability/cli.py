@@ -32,14 +32,56 @@ def serve(
     config: ConfigOption = None,
     host: Annotated[str | None, typer.Option(help="Address to bind.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on.")] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="'local' (generations run in this process) or 'celery' (on `localstability "
+            "worker` processes, through redis_url): the setting `backend`.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the API server."""
     from localstability.logs import configure_logging
     from localstability.serving import run
 
     settings = settings_of(config)
+    if backend is not None:
+        if backend not in ("local", "celery"):
+            typer.echo(f"--backend must be local or celery, not {backend}", err=True)
+            raise typer.Exit(2)
+        settings = settings.model_copy(update={"backend": backend})
     configure_logging(settings.log_level, settings.log_json)
     run(settings, host or settings.host, port or settings.port)
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    engines: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated engine ids this worker serves (default: every enabled "
+            "engine). Run one worker per GPU (CUDA_VISIBLE_DEVICES).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run a scale-out worker: take generations from Redis and run them (docs/deploy.md)."""
+    from localstability.logs import configure_logging
+    from localstability.worker import run_worker, worker_engines
+
+    settings = settings_of(config)
+    configure_logging(settings.log_level, settings.log_json)
+    if not settings.redis_url:
+        typer.echo("redis_url is not set: the broker the worker takes jobs from", err=True)
+        raise typer.Exit(2)
+    try:
+        served = worker_engines(settings, engines.split(",") if engines else None)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    run_worker(settings, served)
 
 
 @app.command("mcp")

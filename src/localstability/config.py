@@ -149,6 +149,32 @@ class Settings(BaseSettings):
         description="A process not heard of for this long is taken for dead: what it held is "
         "refunded by any other process of the deployment.",
     )
+    backend: Literal["local", "celery"] = Field(
+        "local",
+        description="Where generations run: 'local', in this process (one box, no services), "
+        "or 'celery', on `localstability worker` processes through Redis (docs/deploy.md).",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis for the celery backend: the broker, the job board, the shared "
+        "artifact store and rate limits (e.g. redis://10.0.0.5:6379/0).",
+    )
+    redis_prefix: str = Field(
+        "localstability:",
+        description="The prefix of every Redis key of this deployment (and of its queues).",
+    )
+    job_visibility_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Celery backend: a job whose worker stopped acknowledging goes back to its "
+        "queue after this long. Unset: runner_timeout_s + 2 x runner_heartbeat_s, so that the "
+        "next delivery finds its worker dead and runs it.",
+    )
+    job_restore_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="Celery backend: how often a worker looks for such jobs.",
+    )
     generation_retention_days: float = Field(
         90.0,
         ge=0,
@@ -182,6 +208,12 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @property
+    def visibility_timeout_s(self) -> float:
+        """When an unacknowledged job is delivered again (see job_visibility_timeout_s)."""
+        derived = self.runner_timeout_s + 2 * self.runner_heartbeat_s
+        return self.job_visibility_timeout_s or derived
 
     @property
     def sqlite_file(self) -> Path | None:

@@ -12,16 +12,14 @@ import os
 from dataclasses import dataclass
 
 from localstability.config import Settings
-from localstability.inference.loader import PipelineCache
 from localstability.inference.worker import InferenceWorker
 from localstability.jobs.artifacts import ArtifactStore, DiskArtifactStore, MemoryArtifactStore
 from localstability.jobs.base import JobBackend
-from localstability.jobs.local import LocalJobBackend
 from localstability.service.accounts import AccountService
 from localstability.service.admin import AdminService
-from localstability.service.billing import Billing
+from localstability.service.billing import Billing, billing_for
 from localstability.service.generation import GenerationService
-from localstability.service.ratelimit import RateLimiter
+from localstability.service.ratelimit import Limiter, RateLimiter, RedisRateLimiter
 from localstability.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -48,27 +46,58 @@ def artifact_store(settings: Settings) -> ArtifactStore:
     return MemoryArtifactStore()
 
 
-def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWorker]:
+def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWorker | None]:
+    """The services of an API process: with the local backend, its own inference worker
+    (returned, to be stopped); with the celery backend, none (workers run the jobs)."""
     database = Database(settings.sqlalchemy_url)
-    pipelines = PipelineCache.for_settings(settings)
-    worker = InferenceWorker(trim_memory=settings.trim_memory)
-    store = artifact_store(settings)
-    billing = Billing(database, settings.billing, settings.runner_timeout_s)
-    jobs = LocalJobBackend(
-        billing,
-        worker,
-        pipelines,
-        store,
-        max_queued=settings.max_queued_jobs,
-        max_per_organization=settings.max_jobs_per_organization,
-        result_ttl_s=settings.result_ttl_s,
-        batch_window_s=settings.batch_window_ms / 1000,
-    )
+    billing = billing_for(settings, database)
+    limiter: Limiter
+    worker: InferenceWorker | None = None
+    if settings.backend == "celery":
+        from localstability.jobs.board import JobBoard, RedisArtifactStore
+        from localstability.jobs.celery_app import celery_app
+        from localstability.jobs.celery_backend import CeleryJobBackend
+
+        if not settings.redis_url:
+            raise ValueError("backend = 'celery' needs redis_url")
+        store: ArtifactStore = RedisArtifactStore(settings.redis_url, settings.redis_prefix)
+        jobs: JobBackend = CeleryJobBackend(
+            billing,
+            JobBoard(settings.redis_url, settings.redis_prefix, settings.result_ttl_s),
+            store,
+            celery_app(
+                settings.redis_url, settings.visibility_timeout_s, settings.job_restore_interval_s
+            ),
+            max_queued=settings.max_queued_jobs,
+            max_per_organization=settings.max_jobs_per_organization,
+            result_ttl_s=settings.result_ttl_s,
+        )
+        limiter = RedisRateLimiter(
+            settings.redis_url,
+            settings.redis_prefix,
+            settings.rate_limit_requests,
+            settings.rate_limit_window_s,
+        )
+    else:
+        from localstability.inference.loader import PipelineCache
+        from localstability.jobs.local import LocalJobBackend
+
+        worker = InferenceWorker(trim_memory=settings.trim_memory)
+        store = artifact_store(settings)
+        jobs = LocalJobBackend(
+            billing,
+            worker,
+            PipelineCache.for_settings(settings),
+            store,
+            max_queued=settings.max_queued_jobs,
+            max_per_organization=settings.max_jobs_per_organization,
+            result_ttl_s=settings.result_ttl_s,
+            batch_window_s=settings.batch_window_ms / 1000,
+        )
+        limiter = RateLimiter(settings.rate_limit_requests, settings.rate_limit_window_s)
     context = AppContext(
         settings=settings,
-        accounts=AccountService(
-            database, RateLimiter(settings.rate_limit_requests, settings.rate_limit_window_s)
-        ),
+        accounts=AccountService(database, limiter),
         generation=GenerationService(settings, jobs, store, billing),
         admin=AdminService(database, actor="admin-api"),
         billing=billing,
@@ -77,10 +106,13 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
     return context, database, worker
 
 
-async def stop_services(context: AppContext, database: Database, worker: InferenceWorker) -> None:
+async def stop_services(
+    context: AppContext, database: Database, worker: InferenceWorker | None
+) -> None:
     """Let generations finish (within the grace period), then stop the worker and database."""
     await context.jobs.shutdown(context.settings.shutdown_grace_s)
-    worker.shutdown()
+    if worker is not None:
+        worker.shutdown()
     database.dispose()
 
 

@@ -121,6 +121,12 @@ class ShuttingDown(ApiError):
     status, name = 503, "shutting_down"
 
 
+class QueueUnavailable(ApiError):
+    """A scale-out deployment cannot reach its job queue (Redis) (extension)."""
+
+    status, name = 503, "queue_unavailable"
+
+
 class GenerationCancelled(ApiError):
     """The generation was cancelled (DELETE /v1/generation/{id}) before it finished."""
 

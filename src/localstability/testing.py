@@ -120,7 +120,7 @@ def _postgres_bin(name: str) -> str:
         return found
     candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
     if not candidates:
-        raise RuntimeError(f"PostgreSQL's {name} not found: run scripts/setup-postgres.sh")
+        raise RuntimeError(f"PostgreSQL's {name} not found: run scripts/setup-services.sh")
     return str(candidates[-1])
 
 
@@ -209,3 +209,58 @@ def start_postgres() -> PostgresServer:
     )
     url = f"postgresql+psycopg://localstability@127.0.0.1:{port}/postgres"
     return PostgresServer(url=url, data_dir=data_dir, run_as=run_as)
+
+
+@dataclass
+class RedisServer:
+    """A throwaway Redis on a loopback port, no persistence (tests and benchmarks)."""
+
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+    directory: Path
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_redis(port: int | None = None, timeout: float = 30) -> RedisServer:
+    """redis-server on 127.0.0.1 (installed by scripts/setup-services.sh), ready to PING."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server not found: run scripts/setup-services.sh")
+    port = port or free_port()
+    directory = Path(tempfile.mkdtemp(prefix="localstability-redis-"))
+    process = subprocess.Popen(
+        [
+            binary,
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(directory),
+            "--protected-mode", "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"redis-server did not start on port {port}")
+        time.sleep(0.02)
+    return RedisServer(f"redis://127.0.0.1:{port}/0", port, process, directory)

@@ -112,8 +112,8 @@ class Ledger(Protocol):
     def start(self, *generations: GenerationKey) -> None:
         """They start, together in one pipeline call when there are several."""
 
-    def succeed(self, generation: GenerationKey, finish_reasons: list[str]) -> None:
-        """Charge it."""
+    def succeed(self, generation: GenerationKey, finish_reasons: list[str]) -> bool:
+        """Charge it; False when it had ended already (nothing moves)."""
 
     def end(
         self, generation: GenerationKey, status: GenerationStatus, error: errors.ApiError
@@ -130,17 +130,23 @@ class JobBackend(Protocol):
         """The job's artifacts once it is done (or the error it ended with); cancels it if
         `disconnected()` returns first (it returns when the client goes away)."""
 
-    def get(self, job_id: str, organization_id: str) -> Job | None:
-        """The organization's job `job_id` while this backend holds it (queued or running)."""
+    async def get(self, job_id: str, organization_id: str) -> Job | None:
+        """The organization's job `job_id` while it is queued or running."""
 
-    def result(self, job_id: str, organization_id: str) -> list[Artifact] | None:
+    async def result(self, job_id: str, organization_id: str) -> list[Artifact] | None:
         """A finished generation's artifacts while they are kept (None after result_ttl_s)."""
 
     def view(self, job: Job) -> GenerationStatusBody: ...
 
-    async def cancel(self, job_id: str, organization_id: str) -> Job | None:
-        """Cancel a queued or running job of the organization; None if this backend holds
-        none by that id."""
+    async def cancel(
+        self, job_id: str, organization_id: str, wait_s: float
+    ) -> GenerationStatusBody | None:
+        """Cancel a queued or running job of the organization (it is refunded) and give its
+        status once it has ended, or after `wait_s`; None if no such job is in flight."""
+
+    def recovered(self, generations: list[GenerationKey]) -> None:
+        """These were refunded as interrupted (the process that ran them died): tell their
+        watchers."""
 
     def events(self, job: Job) -> AsyncIterator[GenerationStatusBody]:
         """The job's state now, then at every change, until it has finished."""

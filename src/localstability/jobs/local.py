@@ -335,18 +335,18 @@ class LocalJobBackend:
             # cancelled task can't await the refund).
             if not job.done.is_set():
                 log.info("waiter cancelled: cancelling", extra={"generation": job.id})
-                self._in_background(self.cancel(job.id, job.organization_id))
+                self._in_background(self._cancel(job.id, job.organization_id))
             raise
         finally:
             gone.cancel()
             done.cancel()
         if not job.done.is_set():
             log.info("client went away: cancelling", extra={"generation": job.id})
-            await self.cancel(job.id, job.organization_id)
+            await self._cancel(job.id, job.organization_id)
             await job.done.wait()
         if job.error is not None:
             raise job.error
-        artifacts = self.result(job.id, job.organization_id)
+        artifacts = await self.result(job.id, job.organization_id)
         if artifacts is None:
             raise errors.ResultExpired(
                 f"generation {job.id} succeeded, but its images are no longer kept "
@@ -354,11 +354,19 @@ class LocalJobBackend:
             )
         return artifacts
 
-    def get(self, job_id: str, organization_id: str) -> Job | None:
+    async def get(self, job_id: str, organization_id: str) -> Job | None:
+        return self._held(job_id, organization_id)
+
+    def _held(self, job_id: str, organization_id: str) -> Job | None:
         return self._jobs.get((organization_id, job_id))
 
-    def result(self, job_id: str, organization_id: str) -> list[Artifact] | None:
-        return get_result(self.store, result_prefix(organization_id, job_id))
+    async def result(self, job_id: str, organization_id: str) -> list[Artifact] | None:
+        return await asyncio.to_thread(
+            get_result, self.store, result_prefix(organization_id, job_id)
+        )
+
+    def recovered(self, generations: list[GenerationKey]) -> None:
+        """Nothing to tell: this process holds only its own jobs, which are alive."""
 
     def queue_position(self, job: Job) -> int | None:
         """How many jobs will start before this queued one (0: it is next)."""
@@ -386,8 +394,16 @@ class LocalJobBackend:
             batch_size=job.batch_size or None,
         )
 
-    async def cancel(self, job_id: str, organization_id: str) -> Job | None:
-        job = self.get(job_id, organization_id)
+    async def cancel(self, job_id: str, organization_id: str, wait_s: float) -> View | None:
+        job = await self._cancel(job_id, organization_id)
+        if job is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(job.done.wait(), wait_s)
+        return self.view(job)
+
+    async def _cancel(self, job_id: str, organization_id: str) -> Job | None:
+        job = self._held(job_id, organization_id)
         if job is None:
             return None
         if job.status == GenerationStatus.QUEUED:
@@ -457,7 +473,7 @@ class LocalJobBackend:
         while self.pending() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         for job in [j for q in self._queues.values() for j in q]:
-            await self.cancel(job.id, job.organization_id)
+            await self._cancel(job.id, job.organization_id)
         running = list(self._running)
         for job in running:
             job.control.cancel()

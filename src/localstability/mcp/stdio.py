@@ -48,7 +48,7 @@ async def serve_stdio(settings: Settings, api_key: str, organization: str | None
         caller.authenticate()
         server = build_server(ImageTools(context), caller)
         async with (
-            housekeeping(context.billing, settings),
+            housekeeping(context.billing, settings, context.jobs),
             stdio_server() as (read_stream, write_stream),
         ):
             await server.run(read_stream, write_stream, server.create_initialization_options())

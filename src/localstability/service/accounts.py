@@ -8,7 +8,7 @@ from localstability.protocol import (
     BalanceResponseBody,
     OrganizationMembership,
 )
-from localstability.service.ratelimit import RateLimiter
+from localstability.service.ratelimit import Limiter
 from localstability.store import accounts, ledger
 from localstability.store.accounts import CreatedKey, Principal
 from localstability.store.db import Database
@@ -45,7 +45,7 @@ def account_of(user: User) -> AccountResponseBody:
 
 
 class AccountService:
-    def __init__(self, database: Database, limiter: RateLimiter | None = None) -> None:
+    def __init__(self, database: Database, limiter: Limiter | None = None) -> None:
         self.database = database
         self.limiter = limiter
 

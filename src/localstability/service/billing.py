@@ -22,6 +22,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from localstability import errors
+from localstability.config import Settings
+from localstability.jobs.artifacts import INPUT_TTL_S
 from localstability.jobs.base import GenerationKey, JobSpec
 from localstability.store import ledger
 from localstability.store.db import Database
@@ -33,6 +35,10 @@ log = logging.getLogger(__name__)
 INTERRUPTED = errors.GenerationInterrupted(
     "the generation was interrupted: its server stopped before it finished; its credits were "
     "refunded"
+)
+WORKER_LOST = errors.GenerationInterrupted(
+    "the generation was interrupted: the worker that ran it stopped and no other took it "
+    "over; its credits were refunded"
 )
 
 
@@ -47,12 +53,28 @@ def _process_gone(pid: int) -> bool:
 
 
 class Billing:
+    """The money of generations, for one process (a runner).
+
+    With `broker_queue` (the celery backend) a queued generation belongs to no process: the
+    broker holds it until a worker claims it. A generation whose worker died is then left
+    `redelivery_grace_s` more for the broker to deliver it again (a claim takes it over)
+    before it is refunded; a queued one is refunded once its inputs are gone (a day)."""
+
     def __init__(
-        self, database: Database, enabled: bool = True, runner_timeout_s: float = 60.0
+        self,
+        database: Database,
+        enabled: bool = True,
+        runner_timeout_s: float = 60.0,
+        *,
+        broker_queue: bool = False,
+        redelivery_grace_s: float = 0.0,
     ) -> None:
         self.database = database
         self.enabled = enabled
         self.runner_timeout_s = runner_timeout_s
+        self.broker_queue = broker_queue
+        self.redelivery_grace_s = redelivery_grace_s
+        self.interrupted = WORKER_LOST if broker_queue else INTERRUPTED
         self.runner = uuid.uuid4().hex  # this process's boot id
         self.host = socket.gethostname()
 
@@ -81,18 +103,36 @@ class Billing:
             return True  # its process is gone, or this process has its PID now
         return utcnow() - runner.seen_at > timedelta(seconds=self.runner_timeout_s)
 
-    def recover(self) -> int:
+    def _abandoned(
+        self, generation: Generation, runners: dict[str, Runner], dead: set[str]
+    ) -> bool:
+        """Whether nobody will finish `generation` (queued or running)."""
+        now = utcnow()
+        if self.broker_queue:
+            if generation.runner is None:  # in the broker's queue
+                return now - generation.created_at > timedelta(seconds=INPUT_TTL_S)
+            runner = runners.get(generation.runner)
+            if runner is not None and generation.runner not in dead:
+                return False
+            # Its worker died: the broker delivers the job again after its visibility
+            # timeout, and the next worker takes it over; refunded if none does.
+            since = runner.seen_at if runner is not None else generation.started_at or now
+            grace = timedelta(seconds=self.runner_timeout_s + self.redelivery_grace_s)
+            return now - since > grace
+        return generation.runner in dead or generation.runner not in runners
+
+    def recover(self) -> list[GenerationKey]:
         """Refund the generations that dead runners left queued or running, and forget those
         runners. Run at start and then every heartbeat: a crash or a kill between reservation
         and charge must not keep credits held, nor leave records "running" for ever. Returns
-        how many were refunded."""
+        the generations refunded."""
         with self.database.session.begin() as session:
             runners = {r.id: r for r in session.scalars(select(Runner)).all()}
             dead = {runner_id for runner_id, r in runners.items() if self._dead(r)}
             stale = [
                 (g.organization_id, g.id)
                 for g in ledger.unfinished(session)
-                if (g.runner in dead) or (g.runner not in runners)
+                if self._abandoned(g, runners, dead)
             ]
             for organization_id, generation_id in stale:
                 ledger.finish(
@@ -100,14 +140,23 @@ class Billing:
                     organization_id,
                     generation_id,
                     GenerationStatus.FAILED,
-                    error=INTERRUPTED.message,
-                    error_name=INTERRUPTED.name,
+                    error=self.interrupted.message,
+                    error_name=self.interrupted.name,
                 )
-            if dead:
+            if dead and not self.broker_queue:
                 session.execute(delete(Runner).where(Runner.id.in_(dead)))
+            elif dead:  # forgotten once nothing of theirs waits for another delivery
+                stale_keys = set(stale)
+                holding = {
+                    g.runner
+                    for g in ledger.unfinished(session)
+                    if (g.organization_id, g.id) not in stale_keys
+                }
+                if dead - holding:
+                    session.execute(delete(Runner).where(Runner.id.in_(dead - holding)))
         if stale:
             log.warning("refunded interrupted generations", extra={"count": len(stale)})
-        return len(stale)
+        return stale
 
     def purge(self, charged_days: float, refunded_hours: float, batch: int = 500) -> int:
         """Remove the records kept past their retention (0: kept for ever): charged ones
@@ -144,7 +193,7 @@ class Billing:
             task=spec.task.value,
             parameters=spec.summary,
             cost=spec.cost if self.enabled else 0,
-            runner=self.runner,
+            runner=None if self.broker_queue else self.runner,
         )
         try:
             with self.database.session.begin() as session:
@@ -165,9 +214,23 @@ class Billing:
             for organization_id, generation_id in generations:
                 ledger.start(session, organization_id, generation_id, len(generations))
 
-    def succeed(self, generation: GenerationKey, finish_reasons: list[str]) -> None:
+    def claim(self, generation: GenerationKey) -> bool:
+        """Take a generation to run (a worker's delivery of it): see `ledger.claim`."""
+        alive_since = utcnow() - timedelta(seconds=self.runner_timeout_s)
         with self.database.session.begin() as session:
-            ledger.finish(
+            return ledger.claim(session, *generation, self.runner, alive_since)
+
+    def outcome(self, generation: GenerationKey) -> tuple[GenerationStatus, str | None, str]:
+        """The generation's status, and its error's name and message (if it ended so)."""
+        record = self.record(generation[1], generation[0])
+        if record is None:
+            return GenerationStatus.FAILED, INTERRUPTED.name, INTERRUPTED.message
+        return record.status, record.error_name, record.error or ""
+
+    def succeed(self, generation: GenerationKey, finish_reasons: list[str]) -> bool:
+        """Charge it; False when it had ended already (and nothing moved)."""
+        with self.database.session.begin() as session:
+            return ledger.finish(
                 session,
                 *generation,
                 GenerationStatus.SUCCEEDED,
@@ -184,3 +247,21 @@ class Billing:
             )
         if refunded:
             log.info("generation refunded", extra={"generation": generation[1], "status": status})
+
+
+def redelivery_grace_s(settings: Settings) -> float:
+    """How long after its worker's death a job may wait for its next delivery: the broker's
+    visibility timeout, its restore sweeps, and a worker's start (models loaded)."""
+    return settings.visibility_timeout_s + 3 * settings.job_restore_interval_s + 60.0
+
+
+def billing_for(settings: Settings, database: Database) -> Billing:
+    """The billing of a process of the deployment that `settings` describe."""
+    celery = settings.backend == "celery"
+    return Billing(
+        database,
+        settings.billing,
+        settings.runner_timeout_s,
+        broker_queue=celery,
+        redelivery_grace_s=redelivery_grace_s(settings) if celery else 0.0,
+    )

@@ -10,7 +10,6 @@ holds the job, else from the generation's record and the artifact store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -155,7 +154,7 @@ class GenerationService:
         org = principal.organization_id
         inputs = {name: input_key(org, generation_id, name) for name in work.inputs}
         for name, data in work.inputs.items():
-            self.store.put(inputs[name], data, INPUT_TTL_S)
+            await asyncio.to_thread(self.store.put, inputs[name], data, INPUT_TTL_S)
         spec = JobSpec(
             id=generation_id,
             organization_id=org,
@@ -213,12 +212,12 @@ class GenerationService:
     async def result(self, principal: Principal, generation_id: str, png: bool) -> Outcome:
         """A generation's status while it is queued or running; then its images (or the
         error it ended with) while they are kept, as the call that made it answered."""
-        job = self.jobs.get(generation_id, principal.organization_id)
+        job = await self.jobs.get(generation_id, principal.organization_id)
         if job is not None:
             return Outcome(generation_id, status=self.jobs.view(job))
         record = await asyncio.to_thread(self._record, principal, generation_id)
         if record.status == GenerationStatus.SUCCEEDED:
-            artifacts = self.jobs.result(generation_id, principal.organization_id)
+            artifacts = await self.jobs.result(generation_id, principal.organization_id)
             if artifacts is None:
                 raise _with_id(
                     errors.ResultExpired(
@@ -244,20 +243,18 @@ class GenerationService:
     async def cancel(self, principal: Principal, generation_id: str) -> GenerationStatusBody:
         """Cancel a queued or running generation (it is refunded) and say how it ended; a
         finished one is left as it is."""
-        job = await self.jobs.cancel(generation_id, principal.organization_id)
-        if job is None:
+        view = await self.jobs.cancel(generation_id, principal.organization_id, CANCEL_WAIT_S)
+        if view is None:
             record = await asyncio.to_thread(self._record, principal, generation_id)
             return _status_of(record)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(job.done.wait(), CANCEL_WAIT_S)
-        return self.jobs.view(job)
+        return view
 
     async def events(
         self, principal: Principal, generation_id: str
     ) -> AsyncIterator[GenerationStatusBody]:
         """The generation's status now, then at every change until it has ended (raises
         NotFound before the first, for an id the organization never used)."""
-        job = self.jobs.get(generation_id, principal.organization_id)
+        job = await self.jobs.get(generation_id, principal.organization_id)
         if job is not None:
             return self.jobs.events(job)
         record = await asyncio.to_thread(self._record, principal, generation_id)

@@ -9,32 +9,37 @@ import logging
 from collections.abc import AsyncIterator
 
 from localstability.config import Settings
+from localstability.jobs.base import JobBackend
 from localstability.service.billing import Billing
 
 log = logging.getLogger(__name__)
 
 
-def sweep(billing: Billing, settings: Settings) -> None:
-    """One round: heartbeat, recovery, retention."""
+def sweep(billing: Billing, settings: Settings, jobs: JobBackend | None = None) -> None:
+    """One round: heartbeat, recovery (told to the job backend), retention."""
     billing.heartbeat()
-    billing.recover()
+    recovered = billing.recover()
+    if recovered and jobs is not None:
+        jobs.recovered(recovered)
     billing.purge(settings.generation_retention_days, settings.refunded_retention_hours)
 
 
-async def _every_heartbeat(billing: Billing, settings: Settings) -> None:
+async def _every_heartbeat(billing: Billing, settings: Settings, jobs: JobBackend | None) -> None:
     while True:
         await asyncio.sleep(settings.runner_heartbeat_s)
         try:
-            await asyncio.to_thread(sweep, billing, settings)
+            await asyncio.to_thread(sweep, billing, settings, jobs)
         except Exception:  # the database is away for a while: try again next time
             log.exception("housekeeping failed")
 
 
 @contextlib.asynccontextmanager
-async def housekeeping(billing: Billing, settings: Settings) -> AsyncIterator[None]:
+async def housekeeping(
+    billing: Billing, settings: Settings, jobs: JobBackend | None = None
+) -> AsyncIterator[None]:
     """A first round before anything is admitted, then one every heartbeat until exit."""
-    await asyncio.to_thread(sweep, billing, settings)
-    task = asyncio.get_running_loop().create_task(_every_heartbeat(billing, settings))
+    await asyncio.to_thread(sweep, billing, settings, jobs)
+    task = asyncio.get_running_loop().create_task(_every_heartbeat(billing, settings, jobs))
     try:
         yield
     finally:

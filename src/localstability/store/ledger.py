@@ -30,6 +30,7 @@ from localstability.store.models import (
     GenerationStatus,
     LedgerEntry,
     Organization,
+    Runner,
     utcnow,
 )
 
@@ -147,6 +148,28 @@ def start(session: Session, organization_id: str, generation_id: str, batch_size
         update(Generation)
         .where(_is(organization_id, generation_id), Generation.status == GenerationStatus.QUEUED)
         .values(status=GenerationStatus.RUNNING, started_at=utcnow(), batch_size=batch_size)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def claim(
+    session: Session, organization_id: str, generation_id: str, runner: str, alive_since: datetime
+) -> bool:
+    """queued, or running under a runner not seen since `alive_since` (or none), -> running
+    under `runner`. False when the generation ended, or a live runner has it: of two
+    deliveries of one job, one claims it."""
+    live = select(Runner.id).where(Runner.seen_at >= alive_since, Runner.id != runner)
+    result = session.execute(
+        update(Generation)
+        .where(
+            _is(organization_id, generation_id),
+            (Generation.status == GenerationStatus.QUEUED)
+            | (
+                (Generation.status == GenerationStatus.RUNNING)
+                & (Generation.runner.is_(None) | Generation.runner.not_in(live))
+            ),
+        )
+        .values(status=GenerationStatus.RUNNING, runner=runner, started_at=utcnow(), batch_size=1)
     )
     return bool(getattr(result, "rowcount", 0))
 

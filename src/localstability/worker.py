@@ -1,0 +1,124 @@
+"""`localstability worker`: a scale-out worker, the composition root of its process.
+
+It takes jobs from the Celery queues of the engines it serves, one at a time (one worker per
+GPU), and runs each delivery with `jobs.delivered.run_delivered`: the same inference code as
+the embedded server, its state on the job board, its images in the shared artifact store, its
+money in the database. A thread keeps the worker's heartbeat in the database (a delivery of a
+job whose worker stopped beating is run again) and refunds what dead workers left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
+
+from localstability.config import Settings
+from localstability.inference.loader import PipelineCache
+from localstability.jobs.base import JobSpec
+from localstability.jobs.board import JobBoard, RedisArtifactStore
+from localstability.jobs.celery_app import TASK, celery_app, engine_queue
+from localstability.jobs.delivered import RUNNING_ELSEWHERE, run_delivered
+from localstability.service.billing import Billing, billing_for
+from localstability.service.tasks import TaskBuilder
+from localstability.store.db import Database
+
+log = logging.getLogger(__name__)
+
+
+def worker_engines(settings: Settings, wanted: list[str] | None) -> list[str]:
+    """The engines a worker serves: those asked for (each checked to be enabled), else all."""
+    enabled = [engine.id for engine in TaskBuilder(settings).engines()]
+    if not wanted:
+        return enabled
+    unknown = [engine for engine in wanted if engine not in enabled]
+    if unknown:
+        raise ValueError(f"not an enabled engine here: {', '.join(unknown)}")
+    return wanted
+
+
+def settle_recovered(billing: Billing, board: JobBoard) -> None:
+    """Refund what dead workers left, and say so on the board."""
+    board.interrupted(billing.recover(), billing.interrupted)
+
+
+def keep_beating(billing: Billing, board: JobBoard, every_s: float, stop: threading.Event) -> None:
+    while not stop.wait(every_s):
+        try:
+            billing.heartbeat()
+            settle_recovered(billing, board)
+        except Exception:
+            log.exception("heartbeat failed")
+
+
+def run_worker(settings: Settings, engines: list[str]) -> None:
+    """Serve `engines` until SIGTERM (a warm shutdown: the job in hand finishes first)."""
+    if not settings.redis_url:
+        raise ValueError("a worker needs redis_url (the broker and the job board)")
+    database = Database(settings.sqlalchemy_url)
+    billing = billing_for(settings, database)
+    board = JobBoard(settings.redis_url, settings.redis_prefix, settings.result_ttl_s)
+    store = RedisArtifactStore(settings.redis_url, settings.redis_prefix)
+    pipelines = PipelineCache.for_settings(settings)
+    app = celery_app(
+        settings.redis_url, settings.visibility_timeout_s, settings.job_restore_interval_s
+    )
+
+    def again_later(spec: JobSpec, spec_json: str) -> None:
+        app.send_task(
+            TASK,
+            args=[spec_json],
+            queue=engine_queue(spec.engine_id),
+            task_id=board.member(spec.key),
+            countdown=settings.runner_timeout_s + settings.runner_heartbeat_s,
+        )
+
+    @app.task(name=TASK)
+    def run_job(spec_json: str) -> str:
+        spec = JobSpec.from_json(spec_json)
+        try:
+            outcome = run_delivered(spec, billing, board, store, pipelines, settings.result_ttl_s)
+        except (SQLAlchemyError, RedisError):
+            # The database or Redis is away: the job keeps its place, tried again later.
+            log.exception("job deferred", extra={"generation": spec.id})
+            again_later(spec, spec_json)
+            return "deferred"
+        log.info("job", extra={"generation": spec.id, "engine": spec.engine_id, "outcome": outcome})
+        if outcome == RUNNING_ELSEWHERE:
+            # Its worker may have just died (the broker counts from the delivery, not from the
+            # death): deliver it again once that worker is surely taken for dead.
+            again_later(spec, spec_json)
+        return outcome
+
+    billing.heartbeat()  # registered before the first claim
+    settle_recovered(billing, board)
+    stop = threading.Event()
+    beating = threading.Thread(
+        target=keep_beating,
+        args=(billing, board, settings.runner_heartbeat_s, stop),
+        name="heartbeat",
+        daemon=True,
+    )
+    beating.start()
+    log.info("worker ready", extra={"engines": engines, "runner": billing.runner})
+    try:
+        app.Worker(
+            queues=[engine_queue(engine) for engine in engines],
+            pool="solo",  # the models live in this process; one job at a time
+            concurrency=1,
+            hostname=f"localstability-{socket.gethostname()}-{os.getpid()}",
+            without_gossip=True,
+            without_mingle=True,
+            without_heartbeat=True,
+            loglevel=settings.log_level,
+            quiet=True,
+        ).start()
+    finally:
+        stop.set()
+        beating.join(timeout=5)
+        billing.retire()
+        database.dispose()

@@ -1,0 +1,292 @@
+"""The celery backend through HTTP: real Redis and PostgreSQL (started by the tests on
+loopback ports, stopped by PID), two API replicas and two workers on the tiny models.
+A generation asked of one replica is answered, watched and cancelled through the other; a
+worker killed mid-job leaves the job ended once (re-run elsewhere, or refunded) and every
+ledger adding up."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from localstability.testing import (
+    CLI,
+    PostgresServer,
+    RedisServer,
+    ServerProcess,
+    cli_env,
+    start_redis,
+    start_server,
+)
+from tests.conftest import ADMIN_KEY, Deployment
+from tests.helpers import t2i_body
+
+SD1 = "/v1/generation/stable-diffusion-v1-6/text-to-image"
+SDXL = "/v1/generation/stable-diffusion-xl-1024-v1-0/text-to-image"
+ASYNC = {"Prefer": "respond-async"}
+SLOW = t2i_body(steps=50, samples=2)  # tiny SDXL at 1024x1024: several seconds
+
+
+@dataclass
+class Worker:
+    process: Any
+    log_path: Path
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except Exception:
+                self.kill()
+
+
+def start_worker(config: Path, log_path: Path, env: dict[str, str], timeout: float = 120) -> Worker:
+    import subprocess
+
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*CLI, "worker", "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=cli_env(**env),
+            start_new_session=True,
+        )
+    worker = Worker(process, log_path)
+    deadline = time.monotonic() + timeout
+    while "worker ready" not in worker.logs() or "ready." not in worker.logs():
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{worker.logs()}")
+        if time.monotonic() > deadline:
+            worker.kill()
+            raise RuntimeError(f"worker not ready:\n{worker.logs()}")
+        time.sleep(0.1)
+    return worker
+
+
+@dataclass
+class Cluster:
+    replicas: list[ServerProcess]
+    workers: list[Worker]
+    deployment: Deployment  # replica 0's, for the admin CLI and the books
+    config: Path
+    env: dict[str, str]
+    directory: Path
+
+    def client(self, replica: int, key: str | None = None, **headers: str) -> httpx.Client:
+        server = self.replicas[replica]
+        return httpx.Client(
+            base_url=server.base_url,
+            headers={"Authorization": f"Bearer {key or server.key}", **headers},
+            timeout=300,
+        )
+
+    def add_worker(self, name: str) -> Worker:
+        worker = start_worker(self.config, self.directory / f"{name}.log", self.env)
+        self.workers.append(worker)
+        return worker
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    tiny_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres: PostgresServer,
+    redis_server: RedisServer,
+) -> Iterator[Cluster]:
+    directory = tmp_path_factory.mktemp("scaleout")
+    config = directory / "localstability.toml"
+    config.write_text((tiny_dir / "localstability.toml").read_text())
+    env = {
+        "LOCALSTABILITY_DATA_DIR": str(directory / "data"),
+        "LOCALSTABILITY_ADMIN_KEY": ADMIN_KEY,
+        "LOCALSTABILITY_DATABASE_URL": postgres.create_database("scaleout"),
+        "LOCALSTABILITY_BACKEND": "celery",
+        "LOCALSTABILITY_REDIS_URL": redis_server.url,
+        "LOCALSTABILITY_REDIS_PREFIX": f"test-{uuid.uuid4().hex[:8]}:",
+        "LOCALSTABILITY_RUNNER_HEARTBEAT_S": "1",
+        "LOCALSTABILITY_RUNNER_TIMEOUT_S": "4",
+        "LOCALSTABILITY_MAX_JOBS_PER_ORGANIZATION": "3",
+    }
+    replicas: list[ServerProcess] = []
+    workers: list[Worker] = []
+    try:
+        replicas.append(start_server(config, directory / "replica-a.log", env=env))
+        replicas.append(start_server(config, directory / "replica-b.log", env=env))
+        workers.append(start_worker(config, directory / "worker-1.log", env))
+        workers.append(start_worker(config, directory / "worker-2.log", env))
+        deployment = Deployment(replicas[0], env, config)
+        yield Cluster(replicas, workers, deployment, config, env, directory)
+    finally:
+        for worker in workers:
+            worker.stop()
+        for replica in replicas:
+            replica.stop()
+
+
+def wait_for(
+    client: httpx.Client, generation_id: str, done: Callable[[httpx.Response], bool]
+) -> httpx.Response:
+    deadline = time.monotonic() + 180
+    while True:
+        response = client.get(f"/v1/generation/{generation_id}")
+        if done(response):
+            return response
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.2)
+
+
+def running_at_step(step: int) -> Callable[[httpx.Response], bool]:
+    def check(response: httpx.Response) -> bool:
+        body = response.json()
+        return response.status_code != 202 or (
+            body["status"] == "running" and body["progress"]["step"] >= step
+        )
+
+    return check
+
+
+def finished(response: httpx.Response) -> bool:
+    return response.status_code != 202
+
+
+def balance(client: httpx.Client) -> float:
+    credits: float = client.get("/v1/user/balance").json()["credits"]
+    return credits
+
+
+def test_a_sync_request_gives_the_embedded_servers_bytes(
+    cluster: Cluster, server: ServerProcess
+) -> None:
+    body = t2i_body(seed=21)
+    with cluster.client(0) as a, cluster.client(1) as b, server.client() as embedded:
+        answer = a.post(SD1, json=body)
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == embedded.post(SD1, json=body).json()
+        # Replica B answers for it: the record, the shared store.
+        again = b.get(f"/v1/generation/{answer.headers['Generation-Id']}")
+        assert again.status_code == 200 and again.json() == answer.json()
+        png = a.post(SD1, json=body, headers={"Accept": "image/png"})
+        assert png.status_code == 200
+        assert png.content == base64.b64decode(answer.json()["artifacts"][0]["base64"])
+    cluster.deployment.books().assert_settled()
+
+
+def test_async_through_one_replica_polled_and_streamed_through_the_other(
+    cluster: Cluster,
+) -> None:
+    with cluster.client(0, **ASYNC) as a, cluster.client(1) as b:
+        accepted = a.post(SDXL, json=t2i_body(steps=20))
+        assert accepted.status_code == 202, accepted.text
+        generation_id = accepted.json()["id"]
+        steps = []
+        with b.stream("GET", f"/v1/generation/{generation_id}/events") as events:
+            assert events.status_code == 200
+            for line in events.iter_lines():
+                if line.startswith("data:"):
+                    view = json.loads(line[5:])
+                    steps.append(view["progress"]["step"])
+                    if view["status"] in ("succeeded", "failed", "cancelled"):
+                        assert view["status"] == "succeeded"
+                        break
+        assert steps[-1] == 20 and steps == sorted(steps)
+        done = wait_for(b, generation_id, finished)
+        assert done.status_code == 200 and len(done.json()["artifacts"]) == 1
+    cluster.deployment.books().assert_settled()
+
+
+def test_cancel_through_the_other_replica_stops_the_running_job(cluster: Cluster) -> None:
+    with cluster.client(0, **ASYNC) as a, cluster.client(1) as b:
+        before = balance(a)
+        accepted = a.post(SDXL, json=SLOW)
+        generation_id = accepted.json()["id"]
+        wait_for(b, generation_id, running_at_step(2))
+        cancelled = b.delete(f"/v1/generation/{generation_id}")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "cancelled"
+        assert cancelled.json()["progress"]["step"] < 50
+        gone = a.get(f"/v1/generation/{generation_id}")
+        assert gone.status_code == 409 and gone.json()["name"] == "generation_cancelled"
+        assert balance(b) == before
+    cluster.deployment.books().assert_settled()
+
+
+def test_a_queued_job_cancelled_never_runs(cluster: Cluster) -> None:
+    with cluster.client(0, **ASYNC) as a, cluster.client(1) as b:
+        before = balance(a)
+        # Both workers busy, then one more: it waits in the queue.
+        busy = [a.post(SDXL, json=SLOW).json()["id"] for _ in range(2)]
+        queued = b.post(SDXL, json=SLOW, headers=ASYNC)
+        assert queued.status_code == 202
+        generation_id = queued.json()["id"]
+        assert b.get(f"/v1/generation/{generation_id}").json()["status"] == "queued"
+        cancelled = a.delete(f"/v1/generation/{generation_id}")
+        assert cancelled.json()["status"] == "cancelled"
+        for other in busy:
+            a.delete(f"/v1/generation/{other}")
+        for other in busy:
+            wait_for(a, other, finished)
+        assert balance(a) == before
+    books = cluster.deployment.books()
+    books.assert_settled()
+    assert books.records[generation_id].status == "cancelled"
+
+
+def test_the_per_organization_cap_holds_across_replicas(cluster: Cluster) -> None:
+    with cluster.client(0, **ASYNC) as a, cluster.client(1, **ASYNC) as b:
+        ids = [a.post(SDXL, json=SLOW).json()["id"], b.post(SDXL, json=SLOW).json()["id"]]
+        ids.append(a.post(SDXL, json=SLOW).json()["id"])
+        refused = b.post(SDXL, json=SLOW)  # the fourth in flight: the cap is 3
+        assert refused.status_code == 429 and refused.json()["name"] == "too_many_jobs"
+        for generation_id in ids:
+            b.delete(f"/v1/generation/{generation_id}")
+        for generation_id in ids:
+            wait_for(a, generation_id, finished)
+    cluster.deployment.books().assert_settled()
+
+
+def test_a_worker_killed_mid_job_ends_the_job_once(cluster: Cluster) -> None:
+    with cluster.client(0, **ASYNC) as a:
+        before = balance(a)
+        accepted = a.post(SDXL, json=t2i_body(steps=40))
+        generation_id = accepted.json()["id"]
+        wait_for(a, generation_id, running_at_step(2))
+        # Both workers die (one of them mid-job); a new one comes up.
+        for worker in cluster.workers:
+            worker.kill()
+        cluster.workers.clear()
+        cluster.add_worker("worker-3")
+        # The broker delivers it again once unacknowledged for the visibility timeout; the
+        # new worker claims it once the dead one is past runner_timeout_s, and runs it.
+        done = wait_for(a, generation_id, finished)
+        assert done.status_code == 200, done.text
+        assert balance(a) < before  # charged, once (the books below)
+    books = cluster.deployment.books()
+    books.assert_settled()
+    cluster.add_worker("worker-4")
