@@ -290,3 +290,43 @@ def test_a_worker_killed_mid_job_ends_the_job_once(cluster: Cluster) -> None:
     books = cluster.deployment.books()
     books.assert_settled()
     cluster.add_worker("worker-4")
+
+
+def test_the_rate_limit_counts_both_replicas(cluster: Cluster) -> None:
+    key = cluster.deployment.new_key("scaleout-rate@example.com", 1)
+    with cluster.client(0, key) as a, cluster.client(1, key) as b:
+        answers = [(a if i % 2 else b).get("/v1/user/balance") for i in range(150)]
+        assert {r.status_code for r in answers} == {200}
+        refused = a.get("/v1/user/balance")  # the 151st in the window, on either replica
+        assert refused.status_code == 429 and refused.json()["name"] == "rate_limited"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert b.get("/v1/user/balance").status_code == 429
+
+
+def test_operators_see_the_workers_and_queues(cluster: Cluster) -> None:
+    from localstability.testing import run_cli
+
+    with cluster.client(1, ADMIN_KEY) as b:
+        shown = b.get("/admin/v1/cluster")
+    assert shown.status_code == 200, shown.text
+    info = shown.json()
+    assert info["backend"] == "celery"
+    assert len(info["workers"]) == len(cluster.workers)
+    assert {w["pid"] for w in info["workers"]} == {w.process.pid for w in cluster.workers}
+    assert all(w["seen_s_ago"] < 10 and w["engines"] for w in info["workers"])
+    assert "stable-diffusion-xl-1024-v1-0" in {q["engine_id"] for q in info["queues"]}
+    listed = run_cli("cluster", "--config", str(cluster.config), "--json", env=cluster.env)
+    assert {w["pid"] for w in json.loads(listed.stdout)["workers"]} == {
+        w.process.pid for w in cluster.workers
+    }
+    table = run_cli("cluster", "--config", str(cluster.config), env=cluster.env).stdout
+    assert table.startswith(f"workers: {len(cluster.workers)}")
+
+
+def test_an_api_replica_never_loads_torch(cluster: Cluster) -> None:
+    # After every test above (generations of each kind went through it).
+    for replica in cluster.replicas:
+        maps = Path(f"/proc/{replica.process.pid}/maps").read_text()
+        assert "libtorch" not in maps and "diffusers" not in maps
+    for worker in cluster.workers:
+        assert "libtorch" in Path(f"/proc/{worker.process.pid}/maps").read_text()

@@ -9,6 +9,7 @@ import typer
 
 from localstability.admin import (
     ConfigOption,
+    JsonOption,
     admin_service,
     ledger_app,
     orgs_app,
@@ -16,6 +17,7 @@ from localstability.admin import (
     settings_of,
     users_app,
 )
+from localstability.jobs.base import ClusterInfo
 
 app = typer.Typer(help="A self-hosted Stability AI REST API v1 server.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -82,6 +84,40 @@ def worker(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     run_worker(settings, served)
+
+
+@app.command()
+def cluster(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Show what runs the generations: live workers, their engines and jobs, queue depths."""
+    import asyncio
+
+    from localstability.jobs.board import JobBoard
+    from localstability.jobs.celery_app import engine_queue
+    from localstability.service.tasks import TaskBuilder
+
+    settings = settings_of(config)
+    if settings.backend != "celery" or not settings.redis_url:
+        typer.echo(
+            "backend local: generations run inside `localstability serve`; its queue is at "
+            "GET /admin/v1/cluster"
+        )
+        return
+    engines = [engine.id for engine in TaskBuilder(settings).engines()]
+    board = JobBoard(settings.redis_url, settings.redis_prefix)
+
+    async def read() -> ClusterInfo:
+        try:
+            return await board.cluster({engine: engine_queue(engine) for engine in engines})
+        finally:
+            await board.close()
+
+    info = asyncio.run(read())
+    if as_json:
+        typer.echo(info.model_dump_json(indent=2))
+        return
+    typer.echo(f"workers: {len(info.workers)}  queued: {info.queued}  running: {info.running}")
+    print_rows(info.workers, False, ["host", "pid", "engines", "running", "seen_s_ago"])
+    print_rows(info.queues, False, ["engine_id", "queued"])
 
 
 @app.command("mcp")

@@ -46,11 +46,30 @@ def settle_recovered(billing: Billing, board: JobBoard) -> None:
     board.interrupted(billing.recover(), billing.interrupted)
 
 
-def keep_beating(billing: Billing, board: JobBoard, every_s: float, stop: threading.Event) -> None:
+class Presence:
+    """What the worker tells the cluster view each heartbeat: who it is and what it runs."""
+
+    def __init__(self, billing: Billing, board: JobBoard, engines: list[str], ttl_s: float):
+        self.billing, self.board, self.engines, self.ttl_s = billing, board, engines, ttl_s
+        self.running: list[str] = []
+
+    def beat(self) -> None:
+        self.board.beat(
+            self.billing.runner,
+            socket.gethostname(),
+            os.getpid(),
+            self.engines,
+            self.running,
+            self.ttl_s,
+        )
+
+
+def keep_beating(presence: Presence, every_s: float, stop: threading.Event) -> None:
     while not stop.wait(every_s):
         try:
-            billing.heartbeat()
-            settle_recovered(billing, board)
+            presence.billing.heartbeat()
+            presence.beat()
+            settle_recovered(presence.billing, presence.board)
         except Exception:
             log.exception("heartbeat failed")
 
@@ -77,9 +96,12 @@ def run_worker(settings: Settings, engines: list[str]) -> None:
             countdown=settings.runner_timeout_s + settings.runner_heartbeat_s,
         )
 
+    presence = Presence(billing, board, engines, settings.runner_timeout_s)
+
     @app.task(name=TASK)
     def run_job(spec_json: str) -> str:
         spec = JobSpec.from_json(spec_json)
+        presence.running = [spec.id]
         try:
             outcome = run_delivered(spec, billing, board, store, pipelines, settings.result_ttl_s)
         except (SQLAlchemyError, RedisError):
@@ -87,6 +109,8 @@ def run_worker(settings: Settings, engines: list[str]) -> None:
             log.exception("job deferred", extra={"generation": spec.id})
             again_later(spec, spec_json)
             return "deferred"
+        finally:
+            presence.running = []
         log.info("job", extra={"generation": spec.id, "engine": spec.engine_id, "outcome": outcome})
         if outcome == RUNNING_ELSEWHERE:
             # Its worker may have just died (the broker counts from the delivery, not from the
@@ -95,11 +119,12 @@ def run_worker(settings: Settings, engines: list[str]) -> None:
         return outcome
 
     billing.heartbeat()  # registered before the first claim
+    presence.beat()
     settle_recovered(billing, board)
     stop = threading.Event()
     beating = threading.Thread(
         target=keep_beating,
-        args=(billing, board, settings.runner_heartbeat_s, stop),
+        args=(presence, settings.runner_heartbeat_s, stop),
         name="heartbeat",
         daemon=True,
     )
@@ -120,5 +145,6 @@ def run_worker(settings: Settings, engines: list[str]) -> None:
     finally:
         stop.set()
         beating.join(timeout=5)
+        board.leave(billing.runner)
         billing.retire()
         database.dispose()

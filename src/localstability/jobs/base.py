@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pydantic import BaseModel, Field
+
 from localstability import errors
 from localstability.engines import Task
 from localstability.inference.control import StepControl
@@ -102,6 +104,33 @@ class Job:
         return self.spec.key
 
 
+class WorkerInfo(BaseModel):
+    """A process that runs generations."""
+
+    id: str = Field(description="The worker's runner id (its boot id).")
+    host: str
+    pid: int
+    engines: list[str] = Field(description="The engines it serves (empty: every engine).")
+    running: list[str] = Field(description="The generations it runs now.")
+    seen_s_ago: float = Field(description="Seconds since it last said it lives.")
+
+
+class QueueInfo(BaseModel):
+    engine_id: str
+    queued: int = Field(description="Generations waiting for a worker of this engine.")
+
+
+class ClusterInfo(BaseModel):
+    """What runs the deployment's generations: `GET /admin/v1/cluster`, `localstability
+    cluster`."""
+
+    backend: str = Field(description="local (in the server process) or celery.")
+    workers: list[WorkerInfo]
+    queues: list[QueueInfo] = Field(description="Every engine with a queue, waiting or not.")
+    queued: int = Field(description="Generations waiting, in all.")
+    running: int = Field(description="Generations running, in all.")
+
+
 class Ledger(Protocol):
     """What a backend needs of billing: each call one transaction of the store's."""
 
@@ -150,6 +179,9 @@ class JobBackend(Protocol):
 
     def events(self, job: Job) -> AsyncIterator[GenerationStatusBody]:
         """The job's state now, then at every change, until it has finished."""
+
+    async def cluster(self, engines: list[str]) -> ClusterInfo:
+        """The workers, and the queue of each of `engines`."""
 
     async def shutdown(self, grace_s: float) -> None:
         """Admit nothing more; let jobs finish within `grace_s`, then cancel the rest."""

@@ -27,7 +27,7 @@ import redis
 import redis.asyncio as aioredis
 
 from localstability import errors
-from localstability.jobs.base import GenerationKey, JobSpec
+from localstability.jobs.base import ClusterInfo, GenerationKey, JobSpec, QueueInfo, WorkerInfo
 from localstability.protocol import (
     FINISHED,
     GenerationProgress,
@@ -259,6 +259,61 @@ class JobBoard:
 
     def cancel_requested(self, key: GenerationKey) -> bool:
         return bool(self.sync.exists(self.cancel_key(key)))
+
+    # -- workers and queues ----------------------------------------------------------------
+
+    def worker_key(self, runner: str) -> str:
+        return f"{self.prefix}workers:{runner}"
+
+    def beat(
+        self, runner: str, host: str, pid: int, engines: list[str], running: list[str], ttl_s: float
+    ) -> None:
+        """A worker says it lives (its entry goes after `ttl_s` without a beat)."""
+        key = self.worker_key(runner)
+        pipe = self.sync.pipeline()
+        pipe.delete(key)
+        pipe.hset(
+            key,
+            mapping={
+                "host": host,
+                "pid": pid,
+                "engines": ",".join(engines),
+                "running": ",".join(running),
+                "seen": time.time(),
+            },
+        )
+        pipe.expire(key, max(1, int(ttl_s)))
+        pipe.execute()
+
+    def leave(self, runner: str) -> None:
+        self.sync.delete(self.worker_key(runner))
+
+    async def cluster(self, queues: dict[str, str]) -> ClusterInfo:
+        """The live workers, and the length of each engine's queue (`queues`: engine ->
+        queue name)."""
+        workers = []
+        async for key in self.aio.scan_iter(match=f"{self.prefix}workers:*"):
+            fields: dict[str, str] = await self.aio.hgetall(key)  # type: ignore[assignment]
+            if not fields:
+                continue
+            workers.append(
+                WorkerInfo(
+                    id=key.removeprefix(f"{self.prefix}workers:"),
+                    host=fields.get("host", ""),
+                    pid=int(fields.get("pid") or 0),
+                    engines=[e for e in fields.get("engines", "").split(",") if e],
+                    running=[g for g in fields.get("running", "").split(",") if g],
+                    seen_s_ago=round(max(0.0, time.time() - float(fields.get("seen") or 0)), 3),
+                )
+            )
+        lengths = {engine: int(await self.aio.llen(name)) for engine, name in queues.items()}
+        return ClusterInfo(
+            backend="celery",
+            workers=sorted(workers, key=lambda w: (w.host, w.pid)),
+            queues=[QueueInfo(engine_id=e, queued=n) for e, n in lengths.items()],
+            queued=int(await self.aio.zcard(self.queued_key())),
+            running=sum(len(w.running) for w in workers),
+        )
 
     # -- reading (API replicas, async) -----------------------------------------------------
 

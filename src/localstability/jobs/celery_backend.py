@@ -21,7 +21,7 @@ from celery import Celery
 
 from localstability import errors
 from localstability.jobs.artifacts import Artifact, ArtifactStore, get_result, result_prefix
-from localstability.jobs.base import GenerationKey, Job, JobSpec, Ledger
+from localstability.jobs.base import ClusterInfo, GenerationKey, Job, JobSpec, Ledger
 from localstability.jobs.board import BoardEntry, JobBoard
 from localstability.jobs.celery_app import TASK, engine_queue
 from localstability.protocol import GenerationProgress, GenerationStatus
@@ -211,6 +211,9 @@ class CeleryJobBackend:
         task.add_done_callback(self._background.discard)
 
     # -- housekeeping ----------------------------------------------------------------------
+
+    async def cluster(self, engines: list[str]) -> ClusterInfo:
+        return await self.board.cluster({engine: engine_queue(engine) for engine in engines})
 
     def recovered(self, generations: list[GenerationKey]) -> None:
         self.board.interrupted(

@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
@@ -43,7 +45,15 @@ from localstability.jobs.artifacts import (
     result_prefix,
     to_artifacts,
 )
-from localstability.jobs.base import GenerationKey, Job, JobSpec, Ledger
+from localstability.jobs.base import (
+    ClusterInfo,
+    GenerationKey,
+    Job,
+    JobSpec,
+    Ledger,
+    QueueInfo,
+    WorkerInfo,
+)
 from localstability.jobs.execute import read_inputs
 from localstability.protocol import FINISHED, GenerationProgress, GenerationStatus
 from localstability.protocol import GenerationStatusBody as View
@@ -458,6 +468,31 @@ class LocalJobBackend:
                 self._subscribers.pop(job.key, None)
 
     # -- housekeeping ----------------------------------------------------------------------
+
+    async def cluster(self, engines: list[str]) -> ClusterInfo:
+        """This process is the one worker."""
+        queued = [job for queue in self._queues.values() for job in queue]
+        return ClusterInfo(
+            backend="local",
+            workers=[
+                WorkerInfo(
+                    id="local",
+                    host=socket.gethostname(),
+                    pid=os.getpid(),
+                    engines=[],
+                    running=[job.id for job in self._running],
+                    seen_s_ago=0.0,
+                )
+            ],
+            queues=[
+                QueueInfo(
+                    engine_id=engine, queued=sum(job.spec.engine_id == engine for job in queued)
+                )
+                for engine in engines
+            ],
+            queued=len(queued),
+            running=len(self._running),
+        )
 
     def pending(self) -> int:
         return self._queued_count() + len(self._running) + len(self._completing)

@@ -21,7 +21,7 @@ from localstability import errors
 from localstability.config import Settings
 from localstability.engines import EngineSpec, Task
 from localstability.jobs.artifacts import INPUT_TTL_S, Artifact, ArtifactStore, input_key
-from localstability.jobs.base import Job, JobBackend, JobSpec
+from localstability.jobs.base import ClusterInfo, Job, JobBackend, JobSpec
 from localstability.protocol import (
     GenerationProgress,
     GenerationStatus,
@@ -198,6 +198,10 @@ class GenerationService:
                 await progress(view)
         except Exception:  # e.g. the caller's stream closed: the call itself will see that
             log.info("progress not sent", extra={"generation": job.id}, exc_info=True)
+
+    async def cluster(self) -> ClusterInfo:
+        """What runs the generations: the workers and each engine's queue."""
+        return await self.jobs.cluster([engine.id for engine in self.engines()])
 
     # -- generations by id -----------------------------------------------------------------
 

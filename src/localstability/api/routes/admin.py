@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from localstability import errors
 from localstability.api.deps import Context
+from localstability.jobs.base import ClusterInfo
 from localstability.protocol import AccountResponseBody, WireModel
 from localstability.service.accounts import bearer_token
 from localstability.service.admin import (
@@ -125,6 +126,13 @@ def show_ledger(admin: Admin, organization_id: str, limit: Limit = 50) -> Ledger
 @router.get("/organizations/{organization_id}/generations")
 def list_generations(admin: Admin, organization_id: str, limit: Limit = 20) -> list[GenerationInfo]:
     return admin.generations(organization_id, limit)
+
+
+@router.get("/cluster")
+async def cluster(_admin: Admin, context: Context) -> ClusterInfo:
+    """The processes that run generations (workers, with their engines and the generations
+    they run) and each engine's queue."""
+    return await context.generation.cluster()
 
 
 @router.get("/keys")
