@@ -303,6 +303,27 @@ def startup_row(f: Figures) -> tuple[str, str]:
     )
 
 
+def scaleout_figures(payloads: list[dict[str, Any]]) -> Figures:
+    return dict(payloads[0])
+
+
+def scaleout_row(f: Figures) -> tuple[str, str]:
+    t, lat, rec, rep = f["throughput"], f["latency"], f["recovery"], f["replica"]
+    return (
+        "the celery backend (API replica, workers on Redis and PostgreSQL) vs the embedded "
+        f"server, {label(f['engine_id'], f['size'])}, {f['steps']} steps, torch on one thread "
+        "per process",
+        f"{t['requests']} concurrent requests: two workers {x(t['ratio'])} one "
+        f"({t['two_workers_images_per_s']:.2f} vs {t['one_worker_images_per_s']:.2f} img/s); "
+        f"p50 latency added by the celery path {lat['added_p50_ms']:.0f} ms "
+        f"({lat['celery_p50_ms']:.0f} vs {lat['embedded_p50_ms']:.0f} ms); a worker killed "
+        f"mid-job: images {rec['kill_to_images_s']:.1f} s later from another; API replica "
+        f"start {rep['start_s']:.1f} s and {rep['rss_mib']:.0f} MiB vs the embedded server's "
+        f"{rep['embedded_start_s']:.1f} s and {rep['embedded_rss_mib_after_first_image']:.0f} "
+        "MiB",
+    )
+
+
 def upscale_row(f: Figures) -> tuple[str, str]:
     clean, degraded = f["clean"], f["degraded"]
     ours, bicubic = "realesrgan-x4plus", "bicubic"
@@ -392,6 +413,15 @@ BENCHMARKS = [
         runs=[Run(full=[], quick=["--runs", "1", "--steps", "10"])],
         figures=startup_figures,
         row=startup_row,
+    ),
+    Benchmark(
+        name="scaleout",
+        result="scaleout",
+        title="the celery backend vs the embedded server: throughput of one and two workers, "
+        "latency added, recovery after a worker's death, an API replica's start and memory",
+        runs=[Run(full=[], quick=["--requests", "4", "--latency-requests", "2"])],
+        figures=scaleout_figures,
+        row=scaleout_row,
     ),
     Benchmark(
         name="upscale_quality",

@@ -150,11 +150,36 @@ UPSCALE = {
     ],
     "timings": [{"model": "realesrgan-x4plus", "median_s": 2.7}],
 }
+SCALEOUT = {
+    "engine_id": "stable-diffusion-v1-6",
+    "size": "512x512",
+    "steps": 10,
+    "throughput": {
+        "requests": 12,
+        "one_worker_images_per_s": 1.356,
+        "two_workers_images_per_s": 2.199,
+        "ratio": 1.622,
+    },
+    "latency": {
+        "requests": 8,
+        "celery_p50_ms": 795.4,
+        "embedded_p50_ms": 963.4,
+        "added_p50_ms": -168.0,
+    },
+    "recovery": {"engine_id": "stable-diffusion-xl-1024-v1-0", "kill_to_images_s": 13.77},
+    "replica": {
+        "start_s": 1.92,
+        "rss_mib": 146.6,
+        "embedded_start_s": 4.96,
+        "embedded_rss_mib_after_first_image": 955.7,
+    },
+}
 PAYLOADS: dict[str, Any] = {
     "latency": LATENCY,
     "throughput": THROUGHPUT,
     "batching": BATCHING,
     "startup": STARTUP,
+    "scaleout": SCALEOUT,
     "upscale_quality": UPSCALE,
 }
 
@@ -238,6 +263,13 @@ def test_table_rows_carry_the_headline_figures() -> None:
     assert "first 200: 2.3 s" in startup_text
     assert "SD1 512: 7.2 s vs 5.6 s (1.30x)" in startup_text
     assert "SDXL 1024: 23.7 s vs 27.6 s (0.86x)" in startup_text
+    scaleout = rows["python -m bench.scaleout"]
+    assert "two workers 1.62x one (2.20 vs 1.36 img/s)" in scaleout
+    assert "latency added by the celery path -168 ms" in scaleout
+    assert "images 13.8 s later from another" in scaleout
+    assert "API replica start 1.9 s and 147 MiB vs the embedded server's 5.0 s and 956 MiB" in (
+        scaleout
+    )
     upscale = rows["python -m bench.upscale_quality"]
     assert "conversion matches ncnn to 5e-6" in upscale
     assert "x4plus 21.84 dB / 0.695 vs bicubic 23.72 dB / 0.722" in upscale

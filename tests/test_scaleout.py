@@ -8,26 +8,23 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from localstability.testing import (
-    CLI,
     PostgresServer,
     RedisServer,
     ServerProcess,
-    cli_env,
+    WorkerProcess,
     start_redis,
     start_server,
+    start_worker,
 )
 from tests.conftest import ADMIN_KEY, Deployment
 from tests.helpers import t2i_body
@@ -39,54 +36,9 @@ SLOW = t2i_body(steps=50, samples=2)  # tiny SDXL at 1024x1024: several seconds
 
 
 @dataclass
-class Worker:
-    process: Any
-    log_path: Path
-
-    def logs(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except Exception:
-                self.kill()
-
-
-def start_worker(config: Path, log_path: Path, env: dict[str, str], timeout: float = 120) -> Worker:
-    import subprocess
-
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*CLI, "worker", "--config", str(config)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=cli_env(**env),
-            start_new_session=True,
-        )
-    worker = Worker(process, log_path)
-    deadline = time.monotonic() + timeout
-    while "worker ready" not in worker.logs() or "ready." not in worker.logs():
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited:\n{worker.logs()}")
-        if time.monotonic() > deadline:
-            worker.kill()
-            raise RuntimeError(f"worker not ready:\n{worker.logs()}")
-        time.sleep(0.1)
-    return worker
-
-
-@dataclass
 class Cluster:
     replicas: list[ServerProcess]
-    workers: list[Worker]
+    workers: list[WorkerProcess]
     deployment: Deployment  # replica 0's, for the admin CLI and the books
     config: Path
     env: dict[str, str]
@@ -100,7 +52,7 @@ class Cluster:
             timeout=300,
         )
 
-    def add_worker(self, name: str) -> Worker:
+    def add_worker(self, name: str) -> WorkerProcess:
         worker = start_worker(self.config, self.directory / f"{name}.log", self.env)
         self.workers.append(worker)
         return worker
@@ -135,7 +87,7 @@ def cluster(
         "LOCALSTABILITY_MAX_JOBS_PER_ORGANIZATION": "3",
     }
     replicas: list[ServerProcess] = []
-    workers: list[Worker] = []
+    workers: list[WorkerProcess] = []
     try:
         replicas.append(start_server(config, directory / "replica-a.log", env=env))
         replicas.append(start_server(config, directory / "replica-b.log", env=env))
@@ -323,8 +275,38 @@ def test_operators_see_the_workers_and_queues(cluster: Cluster) -> None:
     assert table.startswith(f"workers: {len(cluster.workers)}")
 
 
+def test_mcp_through_a_replica(cluster: Cluster) -> None:
+    import asyncio
+
+    from tests.test_mcp import Progress, http_session, images, succeeded
+
+    replica_b = Deployment(cluster.replicas[1], cluster.env, cluster.config)
+
+    async def scenario() -> None:
+        async with http_session(replica_b, replica_b.server.key) as session:
+            progress = Progress()
+            result = await session.call_tool(
+                "generate_image_from_text",
+                {
+                    "engine_id": "stable-diffusion-v1-6",
+                    "prompt": "a cat",
+                    "steps": 10,
+                    "seed": 4,
+                    "width": 320,
+                    "height": 320,
+                },
+                progress_callback=progress,
+            )
+            progress.assert_steps(10)  # the worker's steps, through Redis
+            assert succeeded(result)["artifacts"][0]["seed"] == 4
+            assert [image.size for image in images(result)] == [(320, 320)]
+
+    asyncio.run(scenario())
+    cluster.deployment.books().assert_settled()
+
+
 def test_an_api_replica_never_loads_torch(cluster: Cluster) -> None:
-    # After every test above (generations of each kind went through it).
+    # After every test above (sync, async, SSE, cancel, MCP went through the replicas).
     for replica in cluster.replicas:
         maps = Path(f"/proc/{replica.process.pid}/maps").read_text()
         assert "libtorch" not in maps and "diffusers" not in maps

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -264,3 +265,54 @@ def start_redis(port: int | None = None, timeout: float = 30) -> RedisServer:
             raise RuntimeError(f"redis-server did not start on port {port}")
         time.sleep(0.02)
     return RedisServer(f"redis://127.0.0.1:{port}/0", port, process, directory)
+
+
+@dataclass
+class WorkerProcess:
+    """A running `localstability worker` (in a process group of its own) and its log."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM (a warm shutdown: the job in hand finishes), then SIGKILL after 30 s."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_worker(
+    config: Path, log_path: Path, env: dict[str, str], *args: str, timeout: float = 120
+) -> WorkerProcess:
+    """Start `localstability worker --config CONFIG ARGS` and wait until it consumes."""
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*CLI, "worker", "--config", str(config), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=cli_env(**env),
+            start_new_session=True,
+        )
+    worker = WorkerProcess(process, log_path)
+    deadline = time.monotonic() + timeout
+    # Ours says "worker ready"; Celery's consumer then logs "ready." once it takes messages.
+    while "worker ready" not in (logs := worker.logs()) or "ready." not in logs:
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{logs}")
+        if time.monotonic() > deadline:
+            worker.kill()
+            raise RuntimeError(f"worker not ready:\n{logs}")
+        time.sleep(0.1)
+    return worker

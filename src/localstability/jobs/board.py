@@ -151,8 +151,11 @@ class JobBoard:
     def job_key(self, key: GenerationKey) -> str:
         return f"{self.prefix}job:{self.member(key)}"
 
-    def channel(self, key: GenerationKey) -> str:
-        return f"{self.prefix}events:{self.member(key)}"
+    def channel(self, key: GenerationKey, steps: bool = True) -> str:
+        """Where a job's changes are told: every change (`steps`), or its status moves only
+        (what a waiter for the result needs: no wake-up at every step)."""
+        kind = "events" if steps else "state"
+        return f"{self.prefix}{kind}:{self.member(key)}"
 
     def cancel_key(self, key: GenerationKey) -> str:
         return f"{self.prefix}cancel:{self.member(key)}"
@@ -238,17 +241,22 @@ class JobBoard:
                 error=error.message,
             )
 
-    def progress(self, key: GenerationKey, step: int, total: int) -> None:
-        """A running job's progress (published only while it runs)."""
+    def progress(self, key: GenerationKey, step: int, total: int) -> bool:
+        """A running job's progress, told to the watchers of its steps; whether a cancel was
+        asked for (one round trip in all)."""
         pipe = self.sync.pipeline()
         pipe.hset(self.job_key(key), mapping={"step": step, "total": total})
-        pipe.execute()
-        self.publish(key)
+        pipe.publish(self.channel(key), f"{step}/{total}")
+        pipe.exists(self.cancel_key(key))
+        return bool(pipe.execute()[-1])
 
     def publish(self, key: GenerationKey) -> None:
-        entry = self.entry(key)
-        if entry is not None:
-            self.sync.publish(self.channel(key), entry.view().model_dump_json())
+        """A status move, told on both channels (the message says that something changed;
+        the hash says what)."""
+        pipe = self.sync.pipeline()
+        pipe.publish(self.channel(key), "moved")
+        pipe.publish(self.channel(key, steps=False), "moved")
+        pipe.execute()
 
     def entry(self, key: GenerationKey) -> BoardEntry | None:
         fields: dict[str, str] = self.sync.hgetall(self.job_key(key))  # type: ignore[assignment]
@@ -321,11 +329,11 @@ class JobBoard:
         fields: dict[str, str] = await self.aio.hgetall(self.job_key(key))  # type: ignore[assignment]
         return BoardEntry.from_hash(key, fields) if fields else None
 
-    async def watch(self, key: GenerationKey) -> AsyncIterator[BoardEntry]:
-        """The job's entry now, then at every change, until it has ended (or left the
-        board)."""
+    async def watch(self, key: GenerationKey, steps: bool = True) -> AsyncIterator[BoardEntry]:
+        """The job's entry now, then at every change (every status move only, without
+        `steps`), until it has ended (or left the board)."""
         pubsub = self.aio.pubsub()
-        await pubsub.subscribe(self.channel(key))
+        await pubsub.subscribe(self.channel(key, steps))
         try:
             entry = await self.aentry(key)
             while entry is not None:

@@ -147,7 +147,7 @@ class CeleryJobBackend:
     # -- waiting and cancelling ------------------------------------------------------------
 
     async def _until_done(self, job: Job) -> None:
-        async for entry in self.board.watch(job.key):
+        async for entry in self.board.watch(job.key, steps=False):
             self._update(job, entry)
         if not job.done.is_set():  # it left the board (Redis lost it): the ledger decides
             job.error = errors.GenerationInterrupted(

@@ -64,8 +64,7 @@ def run_delivered(
         return "ended before it ran"
 
     def report(step: int, total: int) -> None:
-        board.progress(key, step, total)
-        if board.cancel_requested(key):
+        if board.progress(key, step, total):  # a cancel from any replica
             control.cancel()
 
     control = StepControl(report)
