@@ -13,10 +13,14 @@ import pytest
 
 from localstability.testing import (
     PostgresServer,
+    RedisServer,
     ServerProcess,
+    WorkerProcess,
     run_cli,
     start_postgres,
+    start_redis,
     start_server,
+    start_worker,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -255,3 +259,99 @@ def deployment(
     """A billed deployment, once on SQLite and once on PostgreSQL."""
     directory = tmp_path_factory.mktemp(f"deploy_{request.param}")
     return start_deployment(tiny_dir, directory, request.param, request)
+
+
+# -- the scale-out topology: two API replicas and two workers on Redis and PostgreSQL --------
+
+
+@dataclass
+class Cluster:
+    replicas: list[ServerProcess]
+    workers: list[WorkerProcess]
+    deployment: Deployment  # replica 0's, for the admin CLI and the books
+    config: Path
+    env: dict[str, str]
+    directory: Path
+
+    def client(self, replica: int, key: str | None = None, **headers: str) -> httpx.Client:
+        server = self.replicas[replica]
+        return httpx.Client(
+            base_url=server.base_url,
+            headers={"Authorization": f"Bearer {key or server.key}", **headers},
+            timeout=300,
+        )
+
+    def add_worker(self, name: str) -> WorkerProcess:
+        worker = start_worker(self.config, self.directory / f"{name}.log", self.env)
+        self.workers.append(worker)
+        return worker
+
+    def replica(self, index: int) -> Deployment:
+        """Replica `index` as a Deployment (same database, config and env)."""
+        return Deployment(self.replicas[index], self.env, self.config)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    tiny_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres: PostgresServer,
+    redis_server: RedisServer,
+) -> Iterator[Cluster]:
+    """`backend = "celery"` on the tiny models: two `localstability serve` replicas and two
+    `localstability worker`s, one PostgreSQL database, one Redis (started by the tests)."""
+    directory = tmp_path_factory.mktemp("scaleout")
+    config = directory / "localstability.toml"
+    config.write_text((tiny_dir / "localstability.toml").read_text())
+    env = {
+        "LOCALSTABILITY_DATA_DIR": str(directory / "data"),
+        "LOCALSTABILITY_ADMIN_KEY": ADMIN_KEY,
+        "LOCALSTABILITY_DATABASE_URL": postgres.create_database("scaleout"),
+        "LOCALSTABILITY_BACKEND": "celery",
+        "LOCALSTABILITY_REDIS_URL": redis_server.url,
+        "LOCALSTABILITY_REDIS_PREFIX": "test-scaleout:",
+        "LOCALSTABILITY_RUNNER_HEARTBEAT_S": "1",
+        "LOCALSTABILITY_RUNNER_TIMEOUT_S": "4",
+        "LOCALSTABILITY_MAX_JOBS_PER_ORGANIZATION": "3",
+    }
+    replicas: list[ServerProcess] = []
+    workers: list[WorkerProcess] = []
+    try:
+        replicas.append(start_server(config, directory / "replica-a.log", env=env))
+        replicas.append(start_server(config, directory / "replica-b.log", env=env))
+        workers.append(start_worker(config, directory / "worker-1.log", env))
+        workers.append(start_worker(config, directory / "worker-2.log", env))
+        deployment = Deployment(replicas[0], env, config)
+        yield Cluster(replicas, workers, deployment, config, env, directory)
+    finally:
+        for worker in workers:
+            worker.stop()
+        for replica in replicas:
+            replica.stop()
+
+
+TOPOLOGIES = ["embedded", "two-replica"]
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def any_server(request: pytest.FixtureRequest) -> Server:
+    """The shared embedded server, then replica B of the scale-out cluster: a behaviour test
+    that takes it runs against both topologies."""
+    if request.param == "embedded":
+        server: Server = request.getfixturevalue("server")
+        return server
+    cluster: Cluster = request.getfixturevalue("cluster")
+    return cluster.replicas[1]
+
+
+@pytest.fixture
+def any_client(any_server: Server) -> Iterator[httpx.Client]:
+    with any_server.client() as http:
+        yield http

@@ -50,8 +50,8 @@ def ok_artifacts(response: httpx.Response) -> list[dict[str, Any]]:
     return artifacts
 
 
-def test_output_takes_the_init_image_size(client: httpx.Client) -> None:
-    artifacts = ok_artifacts(img2img(client, seed=3, samples=2))
+def test_output_takes_the_init_image_size(any_client: httpx.Client) -> None:
+    artifacts = ok_artifacts(img2img(any_client, seed=3, samples=2))
     assert [a["seed"] for a in artifacts] == [3, 4]
     assert all(artifact_image(a).size == (320, 384) for a in artifacts)
 
@@ -128,8 +128,8 @@ def test_png_jpeg_webp_and_modes_accepted(
     assert artifact_image(ok_artifacts(response)[0]).size == (320, 320)
 
 
-def test_accept_png(client: httpx.Client) -> None:
-    response = client.post(
+def test_accept_png(any_client: httpx.Client) -> None:
+    response = any_client.post(
         SD1,
         data={**prompt_fields(("a garden", 1)), "steps": "10", "seed": "12"},
         files={"init_image": ("init.png", INIT_PNG, "image/png")},
@@ -201,13 +201,15 @@ def test_request_shape_errors(client: httpx.Client) -> None:
         assert_envelope(response, 400, "bad_request")
 
 
-def test_engine_size_rules_apply_to_the_init_image(client: httpx.Client) -> None:
+def test_engine_size_rules_apply_to_the_init_image(any_client: httpx.Client) -> None:
     odd = encode(sample_picture(330, 320))
-    assert_envelope(img2img(client, image=odd), 400, "invalid_height_or_width")
+    assert_envelope(img2img(any_client, image=odd), 400, "invalid_height_or_width")
     small = encode(sample_picture(512, 512))
-    body = assert_envelope(img2img(client, SDXL, image=small), 400, "invalid_sdxl_v1_dimensions")
+    body = assert_envelope(
+        img2img(any_client, SDXL, image=small), 400, "invalid_sdxl_v1_dimensions"
+    )
     assert "512x512" in body["message"]
-    upscaler = client.post(
+    upscaler = any_client.post(
         "/v1/generation/esrgan-v1-x2plus/image-to-image",
         data=prompt_fields(("a", 1)),
         files={"init_image": ("i.png", INIT_PNG)},

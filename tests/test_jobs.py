@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Deployment, Server, start_deployment
+from tests.conftest import TOPOLOGIES, Cluster, Deployment, Server, start_deployment
 from tests.helpers import t2i_body
 from tests.test_accounts_engines import assert_envelope
 
@@ -29,6 +29,15 @@ def jobs(
     tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Deployment:
     return start_deployment(tiny_dir, tmp_path_factory.mktemp("jobs"), "sqlite", request)
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def topology(request: pytest.FixtureRequest, jobs: Deployment) -> Deployment:
+    """This module's server of its own, then replica B of the scale-out cluster."""
+    if request.param == "embedded":
+        return jobs
+    cluster: Cluster = request.getfixturevalue("cluster")
+    return cluster.replica(1)
 
 
 def client_for(deployment: Deployment, key: str, **headers: str) -> httpx.Client:
@@ -70,8 +79,8 @@ def balance(client: httpx.Client) -> float:
     return credits
 
 
-def test_sync_answers_carry_the_id_and_get_replays_them(server: Server) -> None:
-    with server.client() as client:
+def test_sync_answers_carry_the_id_and_get_replays_them(any_server: Server) -> None:
+    with any_server.client() as client:
         sync = client.post(SD1, json=t2i_body(seed=5))
         assert sync.status_code == 200
         generation_id = sync.headers["Generation-Id"]
@@ -90,8 +99,8 @@ def test_sync_answers_carry_the_id_and_get_replays_them(server: Server) -> None:
         bad = client.post(SD1, json=t2i_body(), headers={"Generation-Id": "no spaces!"})
         assert_envelope(bad, 400, "bad_request")
         assert_envelope(client.get("/v1/generation/unknown-id-123"), 404, "not_found")
-    stranger = server.client()
-    stranger.headers["Authorization"] = "Bearer " + _new_key(server, "stranger@example.com")
+    stranger = any_server.client()
+    stranger.headers["Authorization"] = "Bearer " + _new_key(any_server, "stranger@example.com")
     with stranger:
         assert_envelope(stranger.get(f"/v1/generation/{generation_id}"), 404, "not_found")
         assert_envelope(stranger.delete(f"/v1/generation/{generation_id}"), 404, "not_found")
@@ -101,12 +110,12 @@ def _new_key(server: Server, email: str) -> str:
     from tests.conftest import run_cli
 
     return run_cli(
-        "keys", "create", "--email", email, "--config", str(server.config)
+        "keys", "create", "--email", email, "--config", str(server.config), env=server.env
     ).stdout.strip()
 
 
-def test_async_mode_polls_to_the_same_images_and_streams_progress(server: Server) -> None:
-    with server.client() as client:
+def test_async_mode_polls_to_the_same_images_and_streams_progress(any_server: Server) -> None:
+    with any_server.client() as client:
         accepted = client.post(SD1, json=t2i_body(seed=9, samples=2), headers=ASYNC)
         assert accepted.status_code == 202
         body = accepted.json()
@@ -137,9 +146,9 @@ def test_async_mode_polls_to_the_same_images_and_streams_progress(server: Server
         assert_envelope(png, 400, "invalid_samples")
 
 
-def test_cancel_stops_a_running_generation_within_a_step_and_refunds(jobs: Deployment) -> None:
-    key = jobs.new_key("cancel@example.com", credits=10.0)
-    with client_for(jobs, key) as client:
+def test_cancel_stops_a_running_generation_within_a_step_and_refunds(topology: Deployment) -> None:
+    key = topology.new_key("cancel@example.com", credits=10.0)
+    with client_for(topology, key) as client:
         generation_id = client.post(SDXL, json=SLOW, headers=ASYNC).json()["id"]
         seen = wait_for(client, generation_id, running_at_step(2)).json()
         cancelled = client.delete(f"/v1/generation/{generation_id}")
@@ -151,23 +160,23 @@ def test_cancel_stops_a_running_generation_within_a_step_and_refunds(jobs: Deplo
         assert_envelope(client.get(f"/v1/generation/{generation_id}"), 409, "generation_cancelled")
         assert balance(client) == 10.0
         org = client.get("/v1/user/account").json()["organizations"][0]["id"]
-    book = jobs.admin_json("ledger", "show", "--org", org)
+    book = topology.admin_json("ledger", "show", "--org", org)
     assert [e["kind"] for e in book["entries"]] == ["grant", "reserve", "refund"]
-    [record] = jobs.admin_json("ledger", "generations", "--org", org)
+    [record] = topology.admin_json("ledger", "generations", "--org", org)
     assert record["status"] == "cancelled"
 
 
-def test_a_sync_request_whose_generation_is_cancelled_gets_409(jobs: Deployment) -> None:
-    key = jobs.new_key("waiter@example.com", credits=10.0)
+def test_a_sync_request_whose_generation_is_cancelled_gets_409(topology: Deployment) -> None:
+    key = topology.new_key("waiter@example.com", credits=10.0)
     answers: list[httpx.Response] = []
 
     def sync_request() -> None:
-        with client_for(jobs, key, **{"Generation-Id": "waited-on-0001"}) as client:
+        with client_for(topology, key, **{"Generation-Id": "waited-on-0001"}) as client:
             answers.append(client.post(SDXL, json=SLOW))
 
     thread = threading.Thread(target=sync_request)
     thread.start()
-    with client_for(jobs, key) as client:
+    with client_for(topology, key) as client:
         wait_for(client, "waited-on-0001", lambda r: r.status_code != 404 and running_at_step(1)(r))
         assert client.delete("/v1/generation/waited-on-0001").json()["status"] == "cancelled"
         thread.join(60)

@@ -66,8 +66,8 @@ def result(response: httpx.Response, index: int = 0) -> np.ndarray:
     return pixels(artifact_image(response.json()["artifacts"][index]))
 
 
-def test_white_mask_replaces_white_and_keeps_black_exactly(client: httpx.Client) -> None:
-    out = result(masking(client, "MASK_IMAGE_WHITE", mask=half_mask()))
+def test_white_mask_replaces_white_and_keeps_black_exactly(any_client: httpx.Client) -> None:
+    out = result(masking(any_client, "MASK_IMAGE_WHITE", mask=half_mask()))
     original = pixels(INIT)
     assert out.shape == (H, W, 3)
     kept = np.abs(out[:, W // 2 :] - original[:, W // 2 :])
@@ -83,15 +83,15 @@ def test_black_mask_is_the_inverse(client: httpx.Client) -> None:
     assert np.array_equal(white, black)
 
 
-def test_init_image_alpha(client: httpx.Client) -> None:
+def test_init_image_alpha(any_client: httpx.Client) -> None:
     rgba = INIT.convert("RGBA")
     alpha = 255 - np.asarray(half_mask())  # left half transparent: replaced
     rgba.putalpha(Image.fromarray(alpha, "L"))
-    out = result(masking(client, "INIT_IMAGE_ALPHA", init=rgba))
+    out = result(masking(any_client, "INIT_IMAGE_ALPHA", init=rgba))
     original = pixels(INIT)
     assert np.abs(out[:, W // 2 :] - original[:, W // 2 :]).max() == 0
     assert np.abs(out[:, : W // 2] - original[:, : W // 2]).mean() > 10
-    white = result(masking(client, "MASK_IMAGE_WHITE", mask=half_mask()))
+    white = result(masking(any_client, "MASK_IMAGE_WHITE", mask=half_mask()))
     assert np.array_equal(out, white)
 
 
@@ -115,25 +115,25 @@ def test_samples_and_sd2(client: httpx.Client) -> None:
     assert np.array_equal(out[:, 256:], pixels(init)[:, 256:])
 
 
-def test_mask_errors(client: httpx.Client) -> None:
-    missing = masking(client, "MASK_IMAGE_WHITE")
+def test_mask_errors(any_client: httpx.Client) -> None:
+    missing = masking(any_client, "MASK_IMAGE_WHITE")
     assert "mask_image" in assert_envelope(missing, 400, "invalid_mask_image")["message"]
-    assert_envelope(masking(client, "MASK_IMAGE_BLACK"), 400, "invalid_mask_image")
-    wrong_size = masking(client, "MASK_IMAGE_WHITE", mask=half_mask(255, 320, 320))
+    assert_envelope(masking(any_client, "MASK_IMAGE_BLACK"), 400, "invalid_mask_image")
+    wrong_size = masking(any_client, "MASK_IMAGE_WHITE", mask=half_mask(255, 320, 320))
     body = assert_envelope(wrong_size, 400, "invalid_image_dimensions")
     assert "320x320" in body["message"] and "320x384" in body["message"]
-    no_alpha = masking(client, "INIT_IMAGE_ALPHA")
+    no_alpha = masking(any_client, "INIT_IMAGE_ALPHA")
     assert_envelope(no_alpha, 400, "invalid_mask_image")
-    assert_envelope(masking(client, "MASK_IMAGE_GREY", mask=half_mask()), 400, "bad_request")
-    no_source = client.post(
+    assert_envelope(masking(any_client, "MASK_IMAGE_GREY", mask=half_mask()), 400, "bad_request")
+    no_source = any_client.post(
         SD1, data=prompt_fields(("a", 1)), files={"init_image": ("i.png", encode(INIT))}
     )
     assert_envelope(no_source, 400, "bad_request")
     odd = masking(
-        client, "MASK_IMAGE_WHITE", init=sample_picture(300, 320), mask=half_mask(255, 300, 320)
+        any_client, "MASK_IMAGE_WHITE", init=sample_picture(300, 320), mask=half_mask(255, 300, 320)
     )
     assert_envelope(odd, 400, "invalid_height_or_width")
-    bad_mask = client.post(
+    bad_mask = any_client.post(
         SD1,
         data={**prompt_fields(("a", 1)), "mask_source": "MASK_IMAGE_WHITE"},
         files={"init_image": ("i.png", encode(INIT)), "mask_image": ("m.png", b"GIF89a...")},

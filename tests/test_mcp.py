@@ -22,7 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import INVALID_PARAMS, CallToolResult, ImageContent, TextContent
 
 from localstability.testing import CLI, cli_env
-from tests.conftest import Deployment
+from tests.conftest import TOPOLOGIES, Cluster, Deployment
 from tests.helpers import encode, pixels, png_image, sample_picture, t2i_body
 
 SD1 = "stable-diffusion-v1-6"
@@ -43,6 +43,15 @@ SD1_SMALL = {**SD1_FAST, "width": 320, "height": 320}
 def deployment(mcp_deployment: Deployment) -> Deployment:
     """A billed server of the MCP tests, every engine's weights present."""
     return mcp_deployment
+
+
+@pytest.fixture(params=TOPOLOGIES)
+def topology(request: pytest.FixtureRequest, deployment: Deployment) -> Deployment:
+    """The MCP tests' server, then replica B of the scale-out cluster."""
+    if request.param == "embedded":
+        return deployment
+    cluster: Cluster = request.getfixturevalue("cluster")
+    return cluster.replica(1)
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +150,13 @@ def rest_balance(deployment: Deployment, key: str) -> float:
     return credits
 
 
-def test_every_tool_over_streamable_http(deployment: Deployment) -> None:
-    key = deployment.server.key
-    before = rest_balance(deployment, key)
+def test_every_tool_over_streamable_http(topology: Deployment) -> None:
+    key = topology.server.key
+    before = rest_balance(topology, key)
     photo = b64_png(320, 320)
 
     async def scenario() -> Any:
-        async with http_session(deployment, key) as session:
+        async with http_session(topology, key) as session:
             listed = {tool.name: tool for tool in (await session.list_tools()).tools}
             assert set(listed) == TOOLS
             t2i = listed["generate_image_from_text"]
@@ -235,7 +244,7 @@ def test_every_tool_over_streamable_http(deployment: Deployment) -> None:
 
     generated = asyncio.run(scenario())
     # The same request over REST makes the same pixels: one code path.
-    with deployment.server.client() as client:
+    with topology.server.client() as client:
         response = client.post(
             f"/v1/generation/{SD1}/text-to-image",
             json=t2i_body(
@@ -249,8 +258,8 @@ def test_every_tool_over_streamable_http(deployment: Deployment) -> None:
     assert response.status_code == 200, response.text
     assert (pixels(png_image(response.content)) == generated).all()
     # Every call was charged to the key's organization, and the books add up.
-    assert rest_balance(deployment, key) < before
-    deployment.books().assert_settled()
+    assert rest_balance(topology, key) < before
+    topology.books().assert_settled()
 
 
 def test_errors_carry_the_envelope(deployment: Deployment, poor_key: str) -> None:

@@ -7,99 +7,22 @@ ledger adding up."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
-from localstability.testing import (
-    PostgresServer,
-    RedisServer,
-    ServerProcess,
-    WorkerProcess,
-    start_redis,
-    start_server,
-    start_worker,
-)
-from tests.conftest import ADMIN_KEY, Deployment
+from localstability.testing import RedisServer, ServerProcess, start_server
+from tests.conftest import ADMIN_KEY, Cluster, Deployment
 from tests.helpers import t2i_body
 
 SD1 = "/v1/generation/stable-diffusion-v1-6/text-to-image"
 SDXL = "/v1/generation/stable-diffusion-xl-1024-v1-0/text-to-image"
 ASYNC = {"Prefer": "respond-async"}
 SLOW = t2i_body(steps=50, samples=2)  # tiny SDXL at 1024x1024: several seconds
-
-
-@dataclass
-class Cluster:
-    replicas: list[ServerProcess]
-    workers: list[WorkerProcess]
-    deployment: Deployment  # replica 0's, for the admin CLI and the books
-    config: Path
-    env: dict[str, str]
-    directory: Path
-
-    def client(self, replica: int, key: str | None = None, **headers: str) -> httpx.Client:
-        server = self.replicas[replica]
-        return httpx.Client(
-            base_url=server.base_url,
-            headers={"Authorization": f"Bearer {key or server.key}", **headers},
-            timeout=300,
-        )
-
-    def add_worker(self, name: str) -> WorkerProcess:
-        worker = start_worker(self.config, self.directory / f"{name}.log", self.env)
-        self.workers.append(worker)
-        return worker
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = start_redis()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster(
-    tiny_dir: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    postgres: PostgresServer,
-    redis_server: RedisServer,
-) -> Iterator[Cluster]:
-    directory = tmp_path_factory.mktemp("scaleout")
-    config = directory / "localstability.toml"
-    config.write_text((tiny_dir / "localstability.toml").read_text())
-    env = {
-        "LOCALSTABILITY_DATA_DIR": str(directory / "data"),
-        "LOCALSTABILITY_ADMIN_KEY": ADMIN_KEY,
-        "LOCALSTABILITY_DATABASE_URL": postgres.create_database("scaleout"),
-        "LOCALSTABILITY_BACKEND": "celery",
-        "LOCALSTABILITY_REDIS_URL": redis_server.url,
-        "LOCALSTABILITY_REDIS_PREFIX": f"test-{uuid.uuid4().hex[:8]}:",
-        "LOCALSTABILITY_RUNNER_HEARTBEAT_S": "1",
-        "LOCALSTABILITY_RUNNER_TIMEOUT_S": "4",
-        "LOCALSTABILITY_MAX_JOBS_PER_ORGANIZATION": "3",
-    }
-    replicas: list[ServerProcess] = []
-    workers: list[WorkerProcess] = []
-    try:
-        replicas.append(start_server(config, directory / "replica-a.log", env=env))
-        replicas.append(start_server(config, directory / "replica-b.log", env=env))
-        workers.append(start_worker(config, directory / "worker-1.log", env))
-        workers.append(start_worker(config, directory / "worker-2.log", env))
-        deployment = Deployment(replicas[0], env, config)
-        yield Cluster(replicas, workers, deployment, config, env, directory)
-    finally:
-        for worker in workers:
-            worker.stop()
-        for replica in replicas:
-            replica.stop()
 
 
 def wait_for(
@@ -305,6 +228,64 @@ def test_mcp_through_a_replica(cluster: Cluster) -> None:
     cluster.deployment.books().assert_settled()
 
 
+def test_an_api_replica_killed_mid_request_loses_nothing(cluster: Cluster) -> None:
+    import threading
+
+    generation_id = "replica-dies-0001"
+    with cluster.client(1) as b:
+        before = balance(b)
+
+    def ask() -> None:  # a sync request through replica A, which dies while the job runs
+        with (
+            contextlib.suppress(httpx.HTTPError),
+            cluster.client(0, **{"Generation-Id": generation_id}) as a,
+        ):
+            a.post(SDXL, json=t2i_body(steps=30))
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    with cluster.client(1) as b:
+        wait_for(b, generation_id, lambda r: r.status_code != 404 and running_at_step(2)(r))
+        cluster.replicas[0].process.kill()
+        cluster.replicas[0].process.wait()
+        asking.join(60)
+        # The job ran on; replica B answers with its images, charged once.
+        done = wait_for(b, generation_id, finished)
+        assert done.status_code == 200, done.text
+        assert balance(b) < before
+    replica = start_server(cluster.config, cluster.directory / "replica-a2.log", env=cluster.env)
+    cluster.replicas[0] = replica
+    cluster.deployment = Deployment(replica, cluster.env, cluster.config)
+    cluster.deployment.books().assert_settled()
+
+
+def test_redis_restarted_without_its_data_charges_nothing_twice(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    key = cluster.deployment.new_key("scaleout-redis@example.com", 100)
+    with cluster.client(0, key, **ASYNC) as a:
+        generation_id = a.post(SDXL, json=t2i_body(steps=40)).json()["id"]
+        wait_for(a, generation_id, running_at_step(2))
+        redis_server.restart()  # the board, the queues, the stored images: all gone
+        # The job runs on without Redis' help and ends once; its record answers for it.
+        deadline = time.monotonic() + 180
+        while True:
+            answer = a.get(f"/v1/generation/{generation_id}")
+            if answer.status_code == 200 or (
+                answer.status_code >= 400 and answer.json()["name"] != "server_error"
+            ):
+                break
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.5)
+        assert answer.status_code == 200, answer.text  # charged once, its images kept
+    cluster.deployment.books().assert_settled()
+    # Both replicas and the workers serve again.
+    for replica in (0, 1):
+        with cluster.client(replica, key) as client:
+            again = client.post(SD1, json=t2i_body(steps=10))
+            assert again.status_code == 200, again.text
+
+
 def test_an_api_replica_never_loads_torch(cluster: Cluster) -> None:
     # After every test above (sync, async, SSE, cancel, MCP went through the replicas).
     for replica in cluster.replicas:
@@ -312,3 +293,29 @@ def test_an_api_replica_never_loads_torch(cluster: Cluster) -> None:
         assert "libtorch" not in maps and "diffusers" not in maps
     for worker in cluster.workers:
         assert "libtorch" in Path(f"/proc/{worker.process.pid}/maps").read_text()
+
+
+def test_a_light_organization_goes_before_a_heavy_ones_backlog(cluster: Cluster) -> None:
+    heavy = cluster.deployment.new_key("scaleout-heavy@example.com", 100)
+    light = cluster.deployment.new_key("scaleout-light@example.com", 100)
+    with cluster.client(0, heavy, **ASYNC) as a, cluster.client(1, light, **ASYNC) as b:
+        # The heavy organization fills both workers and queues one more (its cap is 3).
+        first = [a.post(SDXL, json=SLOW).json()["id"] for _ in range(2)]
+        for generation_id in first:
+            wait_for(a, generation_id, running_at_step(1))
+        backlog = a.post(SDXL, json=SLOW).json()["id"]
+        # Then the light organization asks once: its first job goes before the heavy
+        # organization's third.
+        turn = b.post(SDXL, json=SLOW).json()["id"]
+        started = wait_for(
+            b, turn, lambda r: r.status_code != 202 or r.json()["status"] != "queued"
+        )
+        assert started.status_code == 200 or started.json()["status"] == "running", started.text
+        assert a.get(f"/v1/generation/{backlog}").json()["status"] == "queued"
+        for generation_id in [*first, backlog]:
+            a.delete(f"/v1/generation/{generation_id}")
+        b.delete(f"/v1/generation/{turn}")
+        for generation_id in [*first, backlog]:
+            wait_for(a, generation_id, finished)
+        wait_for(b, turn, finished)
+    cluster.deployment.books().assert_settled()

@@ -37,8 +37,8 @@ def same_pixels(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(np.array_equal(pixels(artifact_image(a)), pixels(artifact_image(b))))
 
 
-def test_json_response_shape(client: httpx.Client) -> None:
-    artifacts = generate(client, seed=1234)
+def test_json_response_shape(any_client: httpx.Client) -> None:
+    artifacts = generate(any_client, seed=1234)
     assert len(artifacts) == 1
     artifact = artifacts[0]
     assert set(artifact) == {"base64", "seed", "finishReason"}
@@ -60,14 +60,16 @@ def test_missing_or_any_accept_gives_json(client: httpx.Client, accept: str | No
     assert response.json()["artifacts"][0]["seed"] == 5
 
 
-def test_accept_png_returns_raw_png_with_headers(client: httpx.Client) -> None:
-    response = client.post(SD1, json=t2i_body(**SMALL, seed=77), headers={"Accept": "image/png"})
+def test_accept_png_returns_raw_png_with_headers(any_client: httpx.Client) -> None:
+    response = any_client.post(
+        SD1, json=t2i_body(**SMALL, seed=77), headers={"Accept": "image/png"}
+    )
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
     assert response.headers["seed"] == "77"
     assert response.headers["finish-reason"] == "SUCCESS"
     assert int(response.headers["content-length"]) == len(response.content)
-    as_json = generate(client, seed=77)[0]
+    as_json = generate(any_client, seed=77)[0]
     assert response.content == base64.b64decode(as_json["base64"])
     assert png_image(response.content).size == (320, 320)
 
@@ -80,13 +82,13 @@ def test_charset_in_content_type_is_accepted(client: httpx.Client) -> None:
     assert response.status_code == 200
 
 
-def test_samples_each_get_their_own_seed(client: httpx.Client) -> None:
-    artifacts = generate(client, samples=3, seed=4294967294)
+def test_samples_each_get_their_own_seed(any_client: httpx.Client) -> None:
+    artifacts = generate(any_client, samples=3, seed=4294967294)
     assert [a["seed"] for a in artifacts] == [4294967294, 4294967295, 1]
     images = [pixels(artifact_image(a)) for a in artifacts]
     assert not np.array_equal(images[0], images[1])
     # Each sample is its own seed's image: sample 2 equals a solo run with that seed.
-    solo = generate(client, seed=1)[0]
+    solo = generate(any_client, seed=1)[0]
     assert np.abs(images[2] - pixels(artifact_image(solo))).max() <= 1
 
 

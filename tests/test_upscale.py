@@ -45,8 +45,8 @@ def output(response: Any) -> Image.Image:
 
 
 @pytest.mark.parametrize("path", [ESRGAN, LATENT])
-def test_default_is_twice_the_input(client: httpx.Client, path: str) -> None:
-    assert output(upscale(client, path, steps=10)).size == (512, 384)
+def test_default_is_twice_the_input(any_client: httpx.Client, path: str) -> None:
+    assert output(upscale(any_client, path, steps=10)).size == (512, 384)
 
 
 @pytest.mark.parametrize("path", [ESRGAN, LATENT])
@@ -55,12 +55,12 @@ def test_width_or_height_keeps_the_aspect_ratio(client: httpx.Client, path: str)
     assert output(upscale(client, path, height=600, steps=10)).size == (800, 600)
 
 
-def test_accept_png_and_alpha(client: httpx.Client) -> None:
+def test_accept_png_and_alpha(any_client: httpx.Client) -> None:
     rgba = PICTURE.convert("RGBA")
     alpha = np.full((192, 256), 255, np.uint8)
     alpha[:, :128] = 0
     rgba.putalpha(Image.fromarray(alpha, "L"))
-    response = client.post(
+    response = any_client.post(
         ESRGAN, files={"image": ("a.png", encode(rgba))}, headers={"Accept": "image/png"}
     )
     assert response.status_code == 200
@@ -71,9 +71,9 @@ def test_accept_png_and_alpha(client: httpx.Client) -> None:
     assert out_alpha[:, :240].max() == 0 and out_alpha[:, 272:].min() == 255
 
 
-def test_latent_upscaler_prompts_and_seed(client: httpx.Client) -> None:
+def test_latent_upscaler_prompts_and_seed(any_client: httpx.Client) -> None:
     def run(**fields: object) -> np.ndarray:
-        response = upscale(client, LATENT, image=sample_picture(128, 128), steps=10, **fields)
+        response = upscale(any_client, LATENT, image=sample_picture(128, 128), steps=10, **fields)
         return pixels(output(response))
 
     first = run(seed=5)
@@ -81,30 +81,30 @@ def test_latent_upscaler_prompts_and_seed(client: httpx.Client) -> None:
     assert not np.array_equal(first, run(seed=6))
     prompted = run(seed=5, **{"text_prompts[0][text]": "a sharp photo", "cfg_scale": 5})
     assert not np.array_equal(first, prompted)
-    response = upscale(client, LATENT, image=sample_picture(128, 128), steps=10, seed=9)
+    response = upscale(any_client, LATENT, image=sample_picture(128, 128), steps=10, seed=9)
     assert response.json()["artifacts"][0]["seed"] == 9
 
 
-def test_upscale_errors(client: httpx.Client) -> None:
-    both = upscale(client, ESRGAN, width=1024, height=768)
+def test_upscale_errors(any_client: httpx.Client) -> None:
+    both = upscale(any_client, ESRGAN, width=1024, height=768)
     assert "only one of width or height" in assert_envelope(both, 400, "bad_request")["message"]
-    assert_envelope(upscale(client, ESRGAN, width=256), 400, "bad_request")
-    assert_envelope(upscale(client, ESRGAN, height=511), 400, "bad_request")
-    too_big = upscale(client, ESRGAN, width=4096)  # 4096 x 3072
+    assert_envelope(upscale(any_client, ESRGAN, width=256), 400, "bad_request")
+    assert_envelope(upscale(any_client, ESRGAN, height=511), 400, "bad_request")
+    too_big = upscale(any_client, ESRGAN, width=4096)  # 4096 x 3072
     message = assert_envelope(too_big, 400, "invalid_pixel_count")["message"]
     assert "4,194,304" in message
-    big_input = upscale(client, ESRGAN, image=sample_picture(1536, 1536))  # default 2x
+    big_input = upscale(any_client, ESRGAN, image=sample_picture(1536, 1536))  # default 2x
     assert_envelope(big_input, 400, "invalid_pixel_count")
-    smaller = upscale(client, ESRGAN, image=sample_picture(1024, 768), width=512)
+    smaller = upscale(any_client, ESRGAN, image=sample_picture(1024, 768), width=512)
     assert_envelope(smaller, 400, "bad_request")
-    missing = client.post(ESRGAN, data={"width": "1024"}, files={"other": ("a.png", b"x")})
+    missing = any_client.post(ESRGAN, data={"width": "1024"}, files={"other": ("a.png", b"x")})
     assert_envelope(missing, 400, "bad_request")
-    no_image = client.post(ESRGAN, data={"width": "1024"}, files={"seed": (None, "1")})
+    no_image = any_client.post(ESRGAN, data={"width": "1024"}, files={"seed": (None, "1")})
     assert "image: is required" in assert_envelope(no_image, 400, "bad_request")["message"]
-    assert_envelope(upscale(client, ESRGAN, image=b"not an image"), 400, "invalid_mime_type")
-    sd = upscale(client, "/v1/generation/stable-diffusion-v1-6/image-to-image/upscale")
+    assert_envelope(upscale(any_client, ESRGAN, image=b"not an image"), 400, "invalid_mime_type")
+    sd = upscale(any_client, "/v1/generation/stable-diffusion-v1-6/image-to-image/upscale")
     assert_envelope(sd, 400, "bad_request")
-    unknown = upscale(client, "/v1/generation/esrgan-v9/image-to-image/upscale")
+    unknown = upscale(any_client, "/v1/generation/esrgan-v9/image-to-image/upscale")
     assert_envelope(unknown, 404, "not_found")
 
 

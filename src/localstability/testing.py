@@ -11,7 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -58,6 +58,7 @@ class ServerProcess:
     config: Path
     process: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)  # the settings it was started with
 
     def client(self, **headers: str) -> httpx.Client:
         return httpx.Client(
@@ -112,7 +113,7 @@ def start_server(
             time.sleep(0.2)
     data_dir = Path(env.get("LOCALSTABILITY_DATA_DIR", config.parent / "data"))
     key_file = data_dir / "admin-key.txt"
-    return ServerProcess(base_url, key_file.read_text().strip(), config, process, log_path)
+    return ServerProcess(base_url, key_file.read_text().strip(), config, process, log_path, env)
 
 
 def _postgres_bin(name: str) -> str:
@@ -229,6 +230,12 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Stop it and start a new one on the same port, without the old one's data."""
+        self.stop()
+        fresh = start_redis(self.port)
+        self.process, self.directory = fresh.process, fresh.directory
 
 
 def start_redis(port: int | None = None, timeout: float = 30) -> RedisServer:

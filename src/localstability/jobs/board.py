@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from localstability import errors
 from localstability.jobs.base import ClusterInfo, GenerationKey, JobSpec, QueueInfo, WorkerInfo
+from localstability.jobs.celery_app import PRIORITY_STEPS, queue_list
 from localstability.protocol import (
     FINISHED,
     GenerationProgress,
@@ -51,9 +52,20 @@ for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
+# KEYS: job hash, its steps channel, its cancel key. ARGV: step, total. The step is written
+# and told only while the job is on the board. Returns 1 when a cancel was asked for.
+_PROGRESS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'step', ARGV[1], 'total', ARGV[2])
+  redis.call('PUBLISH', KEYS[2], ARGV[1] .. '/' .. ARGV[2])
+end
+return redis.call('EXISTS', KEYS[3])
+"""
+
 # KEYS: queued set, the organization's in-flight set, job hash. ARGV: member, max queued,
-# max per organization, now, then the hash's field/value pairs. Returns 0 (admitted), 1 (the
-# queue is full), 2 (the organization has its most in flight), 3 (the id is in flight).
+# max per organization, now, then the hash's field/value pairs. Returns 1 (the queue is
+# full), 2 (the organization has its most in flight), 3 (the id is in flight), or, admitted,
+# 100 + how many of the organization's jobs were in flight before it.
 _ADMIT = """
 if redis.call('EXISTS', KEYS[3]) == 1 then
   local status = redis.call('HGET', KEYS[3], 'status')
@@ -61,11 +73,12 @@ if redis.call('EXISTS', KEYS[3]) == 1 then
 end
 if tonumber(ARGV[2]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 1 end
 if tonumber(ARGV[3]) > 0 and redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then return 2 end
+local before = redis.call('SCARD', KEYS[2])
 redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
 for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 1]) end
-return 0
+return 100 + before
 """
 
 
@@ -104,7 +117,11 @@ class BoardEntry:
         return cls(self.error or f"generation {self.key[1]} failed")
 
     @classmethod
-    def from_hash(cls, key: GenerationKey, fields: dict[str, str]) -> BoardEntry:
+    def from_hash(cls, key: GenerationKey, fields: dict[str, str]) -> BoardEntry | None:
+        """The entry of a job hash; None for none, or for a partial one (a step written
+        after Redis lost the job)."""
+        if "status" not in fields:
+            return None
         return cls(
             key=key,
             status=GenerationStatus(fields["status"]),
@@ -128,6 +145,7 @@ class JobBoard:
         self._async: aioredis.Redis | None = None
         self._transition = self.sync.register_script(_TRANSITION)
         self._admit = self.sync.register_script(_ADMIT)
+        self._progress = self.sync.register_script(_PROGRESS)
 
     @property
     def aio(self) -> aioredis.Redis:
@@ -168,9 +186,10 @@ class JobBoard:
 
     # -- admission (API replicas) ----------------------------------------------------------
 
-    def admit(self, spec: JobSpec, max_queued: int, max_per_org: int) -> None:
+    def admit(self, spec: JobSpec, max_queued: int, max_per_org: int) -> int:
         """Put the job on the board as queued, or raise QueueFull, TooManyJobs or
-        DuplicateGenerationId, deployment-wide."""
+        DuplicateGenerationId, deployment-wide. Returns how many of the organization's jobs
+        were queued or running before it (its rank, for fair order)."""
         key = spec.key
         fields = ["status", "queued", "step", "0", "total", str(spec.steps), "spec", spec.to_json()]
         answer = self._admit(
@@ -190,6 +209,7 @@ class JobBoard:
             )
         if answer == 3:
             raise errors.DuplicateGenerationId(f"generation id {key[1]} is in use already")
+        return int(answer) - 100
 
     def withdraw(self, key: GenerationKey) -> None:
         """Take a job that was never queued (its reservation failed) off the board."""
@@ -244,11 +264,8 @@ class JobBoard:
     def progress(self, key: GenerationKey, step: int, total: int) -> bool:
         """A running job's progress, told to the watchers of its steps; whether a cancel was
         asked for (one round trip in all)."""
-        pipe = self.sync.pipeline()
-        pipe.hset(self.job_key(key), mapping={"step": step, "total": total})
-        pipe.publish(self.channel(key), f"{step}/{total}")
-        pipe.exists(self.cancel_key(key))
-        return bool(pipe.execute()[-1])
+        keys = [self.job_key(key), self.channel(key), self.cancel_key(key)]
+        return bool(self._progress(keys=keys, args=[step, total]))
 
     def publish(self, key: GenerationKey) -> None:
         """A status move, told on both channels (the message says that something changed;
@@ -260,7 +277,7 @@ class JobBoard:
 
     def entry(self, key: GenerationKey) -> BoardEntry | None:
         fields: dict[str, str] = self.sync.hgetall(self.job_key(key))  # type: ignore[assignment]
-        return BoardEntry.from_hash(key, fields) if fields else None
+        return BoardEntry.from_hash(key, fields)
 
     def request_cancel(self, key: GenerationKey) -> None:
         self.sync.set(self.cancel_key(key), "1", ex=24 * 3600)
@@ -314,7 +331,10 @@ class JobBoard:
                     seen_s_ago=round(max(0.0, time.time() - float(fields.get("seen") or 0)), 3),
                 )
             )
-        lengths = {engine: int(await self.aio.llen(name)) for engine, name in queues.items()}
+        lengths = {}
+        for engine, name in queues.items():
+            lists = [queue_list(name, priority) for priority in PRIORITY_STEPS]
+            lengths[engine] = sum([int(await self.aio.llen(key)) for key in lists])
         return ClusterInfo(
             backend="celery",
             workers=sorted(workers, key=lambda w: (w.host, w.pid)),
@@ -327,7 +347,7 @@ class JobBoard:
 
     async def aentry(self, key: GenerationKey) -> BoardEntry | None:
         fields: dict[str, str] = await self.aio.hgetall(self.job_key(key))  # type: ignore[assignment]
-        return BoardEntry.from_hash(key, fields) if fields else None
+        return BoardEntry.from_hash(key, fields)
 
     async def watch(self, key: GenerationKey, steps: bool = True) -> AsyncIterator[BoardEntry]:
         """The job's entry now, then at every change (every status move only, without

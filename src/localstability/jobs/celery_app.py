@@ -17,6 +17,22 @@ from __future__ import annotations
 from celery import Celery
 
 TASK = "localstability.run_job"
+# Message priorities on Redis (0 first; kombu keeps one list per step) and the separator of
+# a step's list name.
+PRIORITY_STEPS = [0, 3, 6, 9]
+PRIORITY_SEP = "\x06\x16"
+
+
+def fair_priority(rank: int) -> int:
+    """The priority of an organization's job that had `rank` of its jobs in flight before it:
+    each organization's first job comes before any organization's second, and so on for
+    three rounds; past that, first come, first served."""
+    return PRIORITY_STEPS[min(rank, len(PRIORITY_STEPS) - 1)]
+
+
+def queue_list(queue: str, priority: int) -> str:
+    """The Redis list that holds a queue's messages of one priority step."""
+    return f"{queue}{PRIORITY_SEP}{priority}" if priority else queue
 
 
 def engine_queue(engine_id: str) -> str:
@@ -37,6 +53,9 @@ def celery_app(broker_url: str, visibility_timeout_s: float, restore_interval_s:
         worker_send_task_events=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options={
+            "priority_steps": PRIORITY_STEPS,
+            "sep": PRIORITY_SEP,
+            "queue_order_strategy": "priority",
             "visibility_timeout": max(1, int(visibility_timeout_s)),
             "unacked_restore_interval": max(1, int(restore_interval_s)),
             "unacked_restore_throttle": 1,

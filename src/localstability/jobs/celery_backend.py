@@ -18,16 +18,21 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from celery import Celery
+from redis.exceptions import RedisError
 
 from localstability import errors
 from localstability.jobs.artifacts import Artifact, ArtifactStore, get_result, result_prefix
-from localstability.jobs.base import ClusterInfo, GenerationKey, Job, JobSpec, Ledger
+from localstability.jobs.base import ClusterInfo, GenerationKey, Job, JobSpec
 from localstability.jobs.board import BoardEntry, JobBoard
-from localstability.jobs.celery_app import TASK, engine_queue
+from localstability.jobs.celery_app import TASK, engine_queue, fair_priority
+from localstability.jobs.delivered import WorkerLedger
 from localstability.protocol import GenerationProgress, GenerationStatus
 from localstability.protocol import GenerationStatusBody as View
 
 log = logging.getLogger(__name__)
+
+RETRY_S = 1.0  # between tries while Redis is away, and between reads of a record
+GONE_WAIT_S = 30.0  # how long a waiter whose client went away waits for the job to stop
 
 
 def _cancelled(generation_id: str) -> errors.ApiError:
@@ -39,7 +44,7 @@ def _cancelled(generation_id: str) -> errors.ApiError:
 class CeleryJobBackend:
     def __init__(
         self,
-        ledger: Ledger,
+        ledger: WorkerLedger,
         board: JobBoard,
         store: ArtifactStore,
         app: Celery,
@@ -66,7 +71,9 @@ class CeleryJobBackend:
                 "the server is shutting down; retry on another server or later",
                 headers={"Retry-After": "10"},
             )
-        await asyncio.to_thread(self.board.admit, spec, self.max_queued, self.max_per_organization)
+        rank = await asyncio.to_thread(
+            self.board.admit, spec, self.max_queued, self.max_per_organization
+        )
         try:
             await asyncio.to_thread(self.ledger.reserve, spec)
         except BaseException:
@@ -79,6 +86,7 @@ class CeleryJobBackend:
                 args=[spec.to_json()],
                 queue=engine_queue(spec.engine_id),
                 task_id=self.board.member(spec.key),
+                priority=fair_priority(rank),
             )
         except Exception as exc:  # the broker is unreachable: nothing will run it
             log.exception("job not queued", extra={"generation": spec.id})
@@ -147,13 +155,28 @@ class CeleryJobBackend:
     # -- waiting and cancelling ------------------------------------------------------------
 
     async def _until_done(self, job: Job) -> None:
-        async for entry in self.board.watch(job.key, steps=False):
-            self._update(job, entry)
-        if not job.done.is_set():  # it left the board (Redis lost it): the ledger decides
-            job.error = errors.GenerationInterrupted(
-                f"generation {job.id} is no longer on the job board"
-            )
-            job.done.set()
+        """Follow the job on the board until it ends. While Redis is away, try again each
+        second; if the board lost the job (Redis restarted without its data), follow its
+        record in the database instead."""
+        while not job.done.is_set():
+            try:
+                async for entry in self.board.watch(job.key, steps=False):
+                    self._update(job, entry)
+                if not job.done.is_set():
+                    await self._from_record(job)
+            except RedisError:
+                log.warning("job board unreachable; retrying", extra={"generation": job.id})
+                await asyncio.sleep(RETRY_S)
+
+    async def _from_record(self, job: Job) -> None:
+        """Wait for the generation's record to end (checked each second)."""
+        while True:
+            status, name, message = await asyncio.to_thread(self.ledger.outcome, job.key)
+            if status not in (GenerationStatus.QUEUED, GenerationStatus.RUNNING):
+                entry = BoardEntry(job.key, status, error_name=name, error=message)
+                self._update(job, entry)
+                return
+            await asyncio.sleep(RETRY_S)
 
     async def wait(self, job: Job, disconnected: Callable[[], Awaitable[None]]) -> list[Artifact]:
         gone = asyncio.ensure_future(disconnected())
@@ -171,7 +194,10 @@ class CeleryJobBackend:
         if not done.done():
             log.info("client went away: cancelling", extra={"generation": job.id})
             await self.cancel(job.id, job.organization_id, 0)
-            await done
+            try:  # nobody reads the answer: wait only as long as a cancel may take
+                await asyncio.wait_for(done, GONE_WAIT_S)
+            except TimeoutError:
+                raise _cancelled(job.id) from None
         if job.error is not None:
             raise job.error
         artifacts = await self.result(job.id, job.organization_id)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from redis.exceptions import RedisError
+
 from localstability import errors
 from localstability.inference.control import JobCancelled, StepControl
 from localstability.inference.loader import PipelineCache
@@ -64,8 +66,11 @@ def run_delivered(
         return "ended before it ran"
 
     def report(step: int, total: int) -> None:
-        if board.progress(key, step, total):  # a cancel from any replica
-            control.cancel()
+        try:
+            if board.progress(key, step, total):  # a cancel from any replica
+                control.cancel()
+        except RedisError:  # progress is told at best: the job goes on without Redis
+            log.warning("progress not told", extra={"generation": spec.id}, exc_info=True)
 
     control = StepControl(report)
     try:
