@@ -300,13 +300,16 @@ def test_a_light_organization_goes_before_a_heavy_ones_backlog(cluster: Cluster)
     light = cluster.deployment.new_key("scaleout-light@example.com", 100)
     with cluster.client(0, heavy, **ASYNC) as a, cluster.client(1, light, **ASYNC) as b:
         # The heavy organization fills both workers and queues one more (its cap is 3).
-        first = [a.post(SDXL, json=SLOW).json()["id"] for _ in range(2)]
+        # One long job and a shorter one (seconds: both are busy when the next two come):
+        # the shorter one's worker frees first, while the long one holds the other worker.
+        long, short = t2i_body(steps=50, samples=4), t2i_body(steps=30)
+        first = [a.post(SD1, json=long).json()["id"], a.post(SD1, json=short).json()["id"]]
         for generation_id in first:
             wait_for(a, generation_id, running_at_step(1))
-        backlog = a.post(SDXL, json=SLOW).json()["id"]
+        backlog = a.post(SD1, json=short).json()["id"]
         # Then the light organization asks once: its first job goes before the heavy
         # organization's third.
-        turn = b.post(SDXL, json=SLOW).json()["id"]
+        turn = b.post(SD1, json=short).json()["id"]
         started = wait_for(
             b, turn, lambda r: r.status_code != 202 or r.json()["status"] != "queued"
         )
