@@ -340,6 +340,13 @@ def cluster(
 TOPOLOGIES = ["embedded", "two-replica"]
 
 
+def replica_b(request: pytest.FixtureRequest) -> Deployment:
+    """Replica B of the session's scale-out cluster (started on first use): where the
+    parametrised behaviour tests run their "two-replica" case."""
+    cluster: Cluster = request.getfixturevalue("cluster")
+    return cluster.replica(1)
+
+
 @pytest.fixture(params=TOPOLOGIES)
 def any_server(request: pytest.FixtureRequest) -> Server:
     """The shared embedded server, then replica B of the scale-out cluster: a behaviour test
@@ -347,8 +354,7 @@ def any_server(request: pytest.FixtureRequest) -> Server:
     if request.param == "embedded":
         server: Server = request.getfixturevalue("server")
         return server
-    cluster: Cluster = request.getfixturevalue("cluster")
-    return cluster.replicas[1]
+    return replica_b(request).server
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import TOPOLOGIES, Cluster, Deployment, Server, start_deployment
+from tests.conftest import TOPOLOGIES, Deployment, Server, replica_b, start_deployment
 from tests.helpers import t2i_body
 from tests.test_accounts_engines import assert_envelope
 
@@ -34,10 +34,7 @@ def jobs(
 @pytest.fixture(params=TOPOLOGIES)
 def topology(request: pytest.FixtureRequest, jobs: Deployment) -> Deployment:
     """This module's server of its own, then replica B of the scale-out cluster."""
-    if request.param == "embedded":
-        return jobs
-    cluster: Cluster = request.getfixturevalue("cluster")
-    return cluster.replica(1)
+    return jobs if request.param == "embedded" else replica_b(request)
 
 
 def client_for(deployment: Deployment, key: str, **headers: str) -> httpx.Client:
@@ -49,15 +46,20 @@ def client_for(deployment: Deployment, key: str, **headers: str) -> httpx.Client
 
 
 def wait_for(
-    client: httpx.Client, generation_id: str, done: Callable[[httpx.Response], bool]
+    client: httpx.Client,
+    generation_id: str,
+    done: Callable[[httpx.Response], bool],
+    every_s: float = 0.05,
+    within_s: float = 120,
 ) -> httpx.Response:
-    deadline = time.monotonic() + 120
+    """Poll GET /v1/generation/{id} every `every_s` until `done` says so."""
+    deadline = time.monotonic() + within_s
     while True:
         response = client.get(f"/v1/generation/{generation_id}")
         if done(response):
             return response
         assert time.monotonic() < deadline, response.text
-        time.sleep(0.05)
+        time.sleep(every_s)
 
 
 def running_at_step(step: int) -> Callable[[httpx.Response], bool]:

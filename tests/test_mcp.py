@@ -22,7 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp_types import INVALID_PARAMS, CallToolResult, ImageContent, TextContent
 
 from localstability.testing import CLI, cli_env
-from tests.conftest import TOPOLOGIES, Cluster, Deployment
+from tests.conftest import TOPOLOGIES, Deployment, replica_b
 from tests.helpers import encode, pixels, png_image, sample_picture, t2i_body
 
 SD1 = "stable-diffusion-v1-6"
@@ -48,10 +48,7 @@ def deployment(mcp_deployment: Deployment) -> Deployment:
 @pytest.fixture(params=TOPOLOGIES)
 def topology(request: pytest.FixtureRequest, deployment: Deployment) -> Deployment:
     """The MCP tests' server, then replica B of the scale-out cluster."""
-    if request.param == "embedded":
-        return deployment
-    cluster: Cluster = request.getfixturevalue("cluster")
-    return cluster.replica(1)
+    return deployment if request.param == "embedded" else replica_b(request)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ import httpx
 from localstability.testing import RedisServer, ServerProcess, start_server
 from tests.conftest import ADMIN_KEY, Cluster, Deployment
 from tests.helpers import t2i_body
+from tests.test_jobs import balance, finished, running_at_step
+from tests.test_jobs import wait_for as poll
 
 SD1 = "/v1/generation/stable-diffusion-v1-6/text-to-image"
 SDXL = "/v1/generation/stable-diffusion-xl-1024-v1-0/text-to-image"
@@ -28,32 +30,8 @@ SLOW = t2i_body(steps=50, samples=2)  # tiny SDXL at 1024x1024: several seconds
 def wait_for(
     client: httpx.Client, generation_id: str, done: Callable[[httpx.Response], bool]
 ) -> httpx.Response:
-    deadline = time.monotonic() + 180
-    while True:
-        response = client.get(f"/v1/generation/{generation_id}")
-        if done(response):
-            return response
-        assert time.monotonic() < deadline, response.text
-        time.sleep(0.2)
-
-
-def running_at_step(step: int) -> Callable[[httpx.Response], bool]:
-    def check(response: httpx.Response) -> bool:
-        body = response.json()
-        return response.status_code != 202 or (
-            body["status"] == "running" and body["progress"]["step"] >= step
-        )
-
-    return check
-
-
-def finished(response: httpx.Response) -> bool:
-    return response.status_code != 202
-
-
-def balance(client: httpx.Client) -> float:
-    credits: float = client.get("/v1/user/balance").json()["credits"]
-    return credits
+    # Every 0.2 s: the rate limit (150 / 10 s) counts both replicas together here.
+    return poll(client, generation_id, done, every_s=0.2, within_s=180)
 
 
 def test_a_sync_request_gives_the_embedded_servers_bytes(

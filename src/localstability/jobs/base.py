@@ -104,6 +104,56 @@ class Job:
         return self.spec.key
 
 
+# -- the refusals and endings that every backend answers the same way ----------------------
+
+
+def shutting_down() -> errors.ApiError:
+    return errors.ShuttingDown(
+        "the server is shutting down; retry on another server or later",
+        headers={"Retry-After": "10"},
+    )
+
+
+def queue_full(max_queued: int) -> errors.ApiError:
+    return errors.QueueFull(
+        f"the generation queue is full ({max_queued} waiting); retry shortly",
+        headers={"Retry-After": "5"},
+    )
+
+
+def too_many_jobs(organization_id: str, cap: int) -> errors.ApiError:
+    return errors.TooManyJobs(
+        f"organization {organization_id} has {cap} generations queued or running, the most it "
+        "may; wait for one to finish",
+        headers={"Retry-After": "1"},
+    )
+
+
+def duplicate_id(generation_id: str) -> errors.ApiError:
+    return errors.DuplicateGenerationId(f"generation id {generation_id} is in use already")
+
+
+def cancelled(generation_id: str) -> errors.ApiError:
+    return errors.GenerationCancelled(
+        f"generation {generation_id} was cancelled before it finished; its credits were refunded"
+    )
+
+
+def result_expired(generation_id: str, result_ttl_s: float) -> errors.ApiError:
+    return errors.ResultExpired(
+        f"generation {generation_id} succeeded, but its images are no longer kept (results "
+        f"stay {result_ttl_s:g} s)"
+    )
+
+
+def worker_lost() -> errors.ApiError:
+    """A scale-out job whose worker died and that no other worker took over."""
+    return errors.GenerationInterrupted(
+        "the generation was interrupted: the worker that ran it stopped and no other took it "
+        "over; its credits were refunded"
+    )
+
+
 class WorkerInfo(BaseModel):
     """A process that runs generations."""
 

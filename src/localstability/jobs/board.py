@@ -27,7 +27,16 @@ import redis
 import redis.asyncio as aioredis
 
 from localstability import errors
-from localstability.jobs.base import ClusterInfo, GenerationKey, JobSpec, QueueInfo, WorkerInfo
+from localstability.jobs.base import (
+    ClusterInfo,
+    GenerationKey,
+    JobSpec,
+    QueueInfo,
+    WorkerInfo,
+    duplicate_id,
+    queue_full,
+    too_many_jobs,
+)
 from localstability.jobs.celery_app import PRIORITY_STEPS, queue_list
 from localstability.protocol import (
     FINISHED,
@@ -197,18 +206,11 @@ class JobBoard:
             args=[self.member(key), max_queued, max_per_org, time.time(), *fields],
         )
         if answer == 1:
-            raise errors.QueueFull(
-                f"the generation queue is full ({max_queued} waiting); retry shortly",
-                headers={"Retry-After": "5"},
-            )
+            raise queue_full(max_queued)
         if answer == 2:
-            raise errors.TooManyJobs(
-                f"organization {key[0]} has {max_per_org} generations queued or running, the "
-                "most it may; wait for one to finish",
-                headers={"Retry-After": "1"},
-            )
+            raise too_many_jobs(key[0], max_per_org)
         if answer == 3:
-            raise errors.DuplicateGenerationId(f"generation id {key[1]} is in use already")
+            raise duplicate_id(key[1])
         return int(answer) - 100
 
     def withdraw(self, key: GenerationKey) -> None:
@@ -274,10 +276,6 @@ class JobBoard:
         pipe.publish(self.channel(key), "moved")
         pipe.publish(self.channel(key, steps=False), "moved")
         pipe.execute()
-
-    def entry(self, key: GenerationKey) -> BoardEntry | None:
-        fields: dict[str, str] = self.sync.hgetall(self.job_key(key))  # type: ignore[assignment]
-        return BoardEntry.from_hash(key, fields)
 
     def request_cancel(self, key: GenerationKey) -> None:
         self.sync.set(self.cancel_key(key), "1", ex=24 * 3600)

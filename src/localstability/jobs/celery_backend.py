@@ -22,7 +22,16 @@ from redis.exceptions import RedisError
 
 from localstability import errors
 from localstability.jobs.artifacts import Artifact, ArtifactStore, get_result, result_prefix
-from localstability.jobs.base import ClusterInfo, GenerationKey, Job, JobSpec
+from localstability.jobs.base import (
+    ClusterInfo,
+    GenerationKey,
+    Job,
+    JobSpec,
+    cancelled,
+    result_expired,
+    shutting_down,
+    worker_lost,
+)
 from localstability.jobs.board import BoardEntry, JobBoard
 from localstability.jobs.celery_app import TASK, engine_queue, fair_priority
 from localstability.jobs.delivered import WorkerLedger
@@ -33,12 +42,6 @@ log = logging.getLogger(__name__)
 
 RETRY_S = 1.0  # between tries while Redis is away, and between reads of a record
 GONE_WAIT_S = 30.0  # how long a waiter whose client went away waits for the job to stop
-
-
-def _cancelled(generation_id: str) -> errors.ApiError:
-    return errors.GenerationCancelled(
-        f"generation {generation_id} was cancelled before it finished; its credits were refunded"
-    )
 
 
 class CeleryJobBackend:
@@ -67,10 +70,7 @@ class CeleryJobBackend:
 
     async def submit(self, spec: JobSpec) -> Job:
         if self._closing:
-            raise errors.ShuttingDown(
-                "the server is shutting down; retry on another server or later",
-                headers={"Retry-After": "10"},
-            )
+            raise shutting_down()
         rank = await asyncio.to_thread(
             self.board.admit, spec, self.max_queued, self.max_per_organization
         )
@@ -197,15 +197,12 @@ class CeleryJobBackend:
             try:  # nobody reads the answer: wait only as long as a cancel may take
                 await asyncio.wait_for(done, GONE_WAIT_S)
             except TimeoutError:
-                raise _cancelled(job.id) from None
+                raise cancelled(job.id) from None
         if job.error is not None:
             raise job.error
         artifacts = await self.result(job.id, job.organization_id)
         if artifacts is None:
-            raise errors.ResultExpired(
-                f"generation {job.id} succeeded, but its images are no longer kept "
-                f"(results stay {self.result_ttl_s:g} s)"
-            )
+            raise result_expired(job.id, self.result_ttl_s)
         return artifacts
 
     async def cancel(self, job_id: str, organization_id: str, wait_s: float) -> View | None:
@@ -214,7 +211,7 @@ class CeleryJobBackend:
         if entry is None or entry.finished or not entry.spec:
             return None
         job = self._job(entry)
-        error = _cancelled(job_id)
+        error = cancelled(job_id)
         if entry.status == GenerationStatus.QUEUED and await self._refund(
             key, GenerationStatus.CANCELLED, error, (GenerationStatus.QUEUED,)
         ):
@@ -242,16 +239,7 @@ class CeleryJobBackend:
         return await self.board.cluster({engine: engine_queue(engine) for engine in engines})
 
     def recovered(self, generations: list[GenerationKey]) -> None:
-        self.board.interrupted(
-            generations,
-            errors.GenerationInterrupted(
-                "the generation was interrupted: the worker that ran it stopped and no other "
-                "took it over; its credits were refunded"
-            ),
-        )
-
-    def pending(self) -> int:
-        return len(self._background)
+        self.board.interrupted(generations, worker_lost())
 
     async def shutdown(self, grace_s: float) -> None:
         """Admit nothing more. The jobs run on the workers and outlive this replica; its

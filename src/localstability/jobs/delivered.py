@@ -21,7 +21,7 @@ from localstability import errors
 from localstability.inference.control import JobCancelled, StepControl
 from localstability.inference.loader import PipelineCache
 from localstability.jobs.artifacts import ArtifactStore, put_result, result_prefix
-from localstability.jobs.base import GenerationKey, JobSpec, Ledger
+from localstability.jobs.base import GenerationKey, JobSpec, Ledger, cancelled
 from localstability.jobs.board import JobBoard
 from localstability.jobs.execute import execute
 from localstability.protocol import GenerationStatus
@@ -80,7 +80,7 @@ def run_delivered(
         artifacts = execute(spec, store, pipelines, control)
         charged = ledger.succeed(key, [a.finish_reason.value for a in artifacts])
     except JobCancelled:
-        return _end(spec, ledger, board, store, GenerationStatus.CANCELLED, _cancelled(spec))
+        return _end(spec, ledger, board, store, GenerationStatus.CANCELLED, cancelled(spec.id))
     except errors.ApiError as exc:
         return _end(spec, ledger, board, store, GenerationStatus.FAILED, exc)
     except Exception as exc:
@@ -95,12 +95,6 @@ def run_delivered(
     _drop_inputs(spec, store)
     board.move(key, (RUNNING,), GenerationStatus.SUCCEEDED)
     return "succeeded"
-
-
-def _cancelled(spec: JobSpec) -> errors.ApiError:
-    return errors.GenerationCancelled(
-        f"generation {spec.id} was cancelled before it finished; its credits were refunded"
-    )
 
 
 def _end(

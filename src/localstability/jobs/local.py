@@ -53,6 +53,12 @@ from localstability.jobs.base import (
     Ledger,
     QueueInfo,
     WorkerInfo,
+    cancelled,
+    duplicate_id,
+    queue_full,
+    result_expired,
+    shutting_down,
+    too_many_jobs,
 )
 from localstability.jobs.execute import read_inputs
 from localstability.protocol import FINISHED, GenerationProgress, GenerationStatus
@@ -104,24 +110,14 @@ class LocalJobBackend:
 
     async def submit(self, spec: JobSpec) -> Job:
         if self._closing:
-            raise errors.ShuttingDown(
-                "the server is shutting down; retry on another server or later",
-                headers={"Retry-After": "10"},
-            )
+            raise shutting_down()
         org = spec.organization_id
         if self.max_queued and self._queued_count() >= self.max_queued:
-            raise errors.QueueFull(
-                f"the generation queue is full ({self.max_queued} waiting); retry shortly",
-                headers={"Retry-After": "5"},
-            )
+            raise queue_full(self.max_queued)
         if self.max_per_organization and self._in_flight(org) >= self.max_per_organization:
-            raise errors.TooManyJobs(
-                f"organization {org} has {self.max_per_organization} generations queued or "
-                "running, the most it may; wait for one to finish",
-                headers={"Retry-After": "1"},
-            )
+            raise too_many_jobs(org, self.max_per_organization)
         if spec.key in self._jobs:
-            raise errors.DuplicateGenerationId(f"generation id {spec.id} is in use already")
+            raise duplicate_id(spec.id)
         self._admitting[org] = self._admitting.get(org, 0) + 1
         try:
             await asyncio.to_thread(self.ledger.reserve, spec)
@@ -313,9 +309,7 @@ class LocalJobBackend:
 
     @staticmethod
     def _cancelled_error(job: Job) -> errors.ApiError:
-        return errors.GenerationCancelled(
-            f"generation {job.id} was cancelled before it finished; its credits were refunded"
-        )
+        return cancelled(job.id)
 
     async def _end(self, job: Job, status: GenerationStatus, error: errors.ApiError) -> None:
         """A job that made no images: refund, record why, wake its waiters."""
@@ -358,10 +352,7 @@ class LocalJobBackend:
             raise job.error
         artifacts = await self.result(job.id, job.organization_id)
         if artifacts is None:
-            raise errors.ResultExpired(
-                f"generation {job.id} succeeded, but its images are no longer kept "
-                f"(results stay {self.result_ttl_s:g} s)"
-            )
+            raise result_expired(job.id, self.result_ttl_s)
         return artifacts
 
     async def get(self, job_id: str, organization_id: str) -> Job | None:

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from localstability import errors
 from localstability.config import Settings
 from localstability.jobs.artifacts import INPUT_TTL_S
-from localstability.jobs.base import GenerationKey, JobSpec
+from localstability.jobs.base import GenerationKey, JobSpec, worker_lost
 from localstability.store import ledger
 from localstability.store.db import Database
 from localstability.store.models import Generation, GenerationStatus, Runner, utcnow
@@ -36,10 +36,7 @@ INTERRUPTED = errors.GenerationInterrupted(
     "the generation was interrupted: its server stopped before it finished; its credits were "
     "refunded"
 )
-WORKER_LOST = errors.GenerationInterrupted(
-    "the generation was interrupted: the worker that ran it stopped and no other took it "
-    "over; its credits were refunded"
-)
+WORKER_LOST = worker_lost()
 
 
 def _process_gone(pid: int) -> bool:

@@ -21,7 +21,7 @@ from localstability import errors
 from localstability.config import Settings
 from localstability.engines import EngineSpec, Task
 from localstability.jobs.artifacts import INPUT_TTL_S, Artifact, ArtifactStore, input_key
-from localstability.jobs.base import ClusterInfo, Job, JobBackend, JobSpec
+from localstability.jobs.base import ClusterInfo, Job, JobBackend, JobSpec, result_expired
 from localstability.protocol import (
     GenerationProgress,
     GenerationStatus,
@@ -224,10 +224,7 @@ class GenerationService:
             artifacts = await self.jobs.result(generation_id, principal.organization_id)
             if artifacts is None:
                 raise _with_id(
-                    errors.ResultExpired(
-                        f"generation {generation_id} succeeded, but its images are no longer "
-                        f"kept (results stay {self.settings.result_ttl_s:g} s)"
-                    ),
+                    result_expired(generation_id, self.settings.result_ttl_s),
                     generation_id,
                 )
             if png and len(artifacts) > 1:
