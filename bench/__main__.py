@@ -320,7 +320,17 @@ def scaleout_row(f: Figures) -> tuple[str, str]:
         f"mid-job: images {rec['kill_to_images_s']:.1f} s later from another; API replica "
         f"start {rep['start_s']:.1f} s and {rep['rss_mib']:.0f} MiB vs the embedded server's "
         f"{rep['embedded_start_s']:.1f} s and {rep['embedded_rss_mib_after_first_image']:.0f} "
-        "MiB",
+        "MiB" + _worker_batching(f),
+    )
+
+
+def _worker_batching(f: Figures) -> str:
+    b = f.get("worker_batching")
+    if not b:  # results from before batching ran on workers
+        return ""
+    return (
+        f"; one worker batching the queued jobs {x(b['ratio'])} without "
+        f"({b['one_worker_batched_images_per_s']:.2f} vs {b['one_worker_images_per_s']:.2f} img/s)"
     )
 
 

@@ -2,7 +2,10 @@
 
 - throughput: the same burst of concurrent text-to-image requests through an API replica
   with one worker, then with two (each worker's torch on one thread, as on a 2-core box with
-  one worker per core), in images per second; the ratio two / one;
+  one worker per core), in images per second; the ratio two / one (batching off, so that
+  the ratio is the workers' alone);
+- batching on a worker: the same burst on one worker through a replica with batching on
+  (queued jobs that fit run as one pipeline call), against the burst with batching off;
 - latency: sequential sync requests through a replica with one warm worker vs through the
   embedded server (`backend = local`, torch on one thread too): the p50 of each and the p50
   that the celery path adds;
@@ -134,7 +137,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         redis, postgres = start_redis(), start_postgres()
         processes: list[Any] = []
         try:
-            common = {**ONE_THREAD, "LOCALSTABILITY_RATE_LIMIT_REQUESTS": "0"}
+            common = {
+                **ONE_THREAD,
+                "LOCALSTABILITY_RATE_LIMIT_REQUESTS": "0",
+                "LOCALSTABILITY_BATCHING": "0",
+            }
             celery = {
                 **common,
                 "LOCALSTABILITY_DATA_DIR": str(root / "celery-data"),
@@ -161,6 +168,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             burst(replica.base_url, replica.key, 1, args.steps)  # loads the model
             print("one worker...", flush=True)
             one = burst(replica.base_url, replica.key, args.requests, args.steps)
+            print("one worker, batching on...", flush=True)
+            on = {**celery, "LOCALSTABILITY_BATCHING": "1"}
+            batching = start_server(config, root / "replica-batching.log", env=on)
+            processes.append(batching)
+            batched = burst(batching.base_url, replica.key, args.requests, args.steps)
+            batching.stop()
+            processes.remove(batching)
             second = add_worker("worker-2")
             burst(replica.base_url, replica.key, 2, args.steps)  # both warm
             print("two workers...", flush=True)
@@ -226,6 +240,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "one_worker_images_per_s": round(one, 3),
             "two_workers_images_per_s": round(two, 3),
             "ratio": round(two / one, 3),
+            "batching": "off",
+        },
+        "worker_batching": {
+            "requests": args.requests,
+            "one_worker_images_per_s": round(one, 3),
+            "one_worker_batched_images_per_s": round(batched, 3),
+            "ratio": round(batched / one, 3),
         },
         "latency": {
             "requests": args.latency_requests,

@@ -18,6 +18,7 @@ import httpx
 from localstability.testing import RedisServer, ServerProcess, start_server
 from tests.conftest import ADMIN_KEY, Cluster, Deployment
 from tests.helpers import t2i_body
+from tests.test_batching import assert_matches_solo, generation_records
 from tests.test_jobs import balance, finished, running_at_step
 from tests.test_jobs import wait_for as poll
 
@@ -242,20 +243,38 @@ def test_redis_restarted_without_its_data_charges_nothing_twice(
 ) -> None:
     key = cluster.deployment.new_key("scaleout-redis@example.com", 100)
     with cluster.client(0, key, **ASYNC) as a:
-        generation_id = a.post(SDXL, json=t2i_body(steps=40)).json()["id"]
-        wait_for(a, generation_id, running_at_step(2))
-        redis_server.restart()  # the board, the queues, the stored images: all gone
-        # The job runs on without Redis' help and ends once; its record answers for it.
-        deadline = time.monotonic() + 180
-        while True:
-            answer = a.get(f"/v1/generation/{generation_id}")
-            if answer.status_code == 200 or (
-                answer.status_code >= 400 and answer.json()["name"] != "server_error"
-            ):
-                break
-            assert time.monotonic() < deadline, answer.text
-            time.sleep(0.5)
-        assert answer.status_code == 200, answer.text  # charged once, its images kept
+        # Two jobs run (one on each worker) and a third waits in the queue.
+        running = [a.post(SDXL, json=t2i_body(steps=40)).json()["id"] for _ in "12"]
+        for generation_id in running:
+            wait_for(a, generation_id, running_at_step(2))
+        queued = a.post(SDXL, json=t2i_body(steps=40)).json()["id"]
+        assert a.get(f"/v1/generation/{queued}").json()["status"] == "queued"
+        down: list[httpx.Response] = []
+
+        def ask_while_down() -> None:
+            down.append(a.post(SD1, json=t2i_body(steps=10)))
+            down.append(a.get(f"/v1/generation/{queued}"))
+
+        # The board, the queues, the stored images: all gone. Meanwhile: a named 503.
+        redis_server.restart(ask_while_down)
+        for answer in down:
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["name"] == "queue_unavailable"
+            assert answer.headers["Retry-After"] == "5"
+        # The running jobs run on without Redis' help and end once; their records answer for
+        # them. The queued one went with the queue: refunded, and said so.
+        answers = {}
+        for generation_id in [*running, queued]:
+            deadline = time.monotonic() + 180
+            while (answer := a.get(f"/v1/generation/{generation_id}")).status_code == 202:
+                assert time.monotonic() < deadline, answer.text
+                time.sleep(0.5)
+            answers[generation_id] = answer
+        for generation_id in running:  # charged once, their images kept
+            assert answers[generation_id].status_code == 200, answers[generation_id].text
+        lost = answers[queued]
+        assert lost.status_code == 500 and lost.json()["name"] == "generation_interrupted"
+        assert "the job queue lost it" in lost.json()["message"]
     cluster.deployment.books().assert_settled()
     # Both replicas and the workers serve again.
     for replica in (0, 1):
@@ -284,7 +303,8 @@ def test_a_light_organization_goes_before_a_heavy_ones_backlog(cluster: Cluster)
         first = [a.post(SD1, json=long).json()["id"], a.post(SD1, json=short).json()["id"]]
         for generation_id in first:
             wait_for(a, generation_id, running_at_step(1))
-        backlog = a.post(SD1, json=short).json()["id"]
+        # (Its third job has other steps: it can't join a batch with the light one's.)
+        backlog = a.post(SD1, json=t2i_body(steps=29)).json()["id"]
         # Then the light organization asks once: its first job goes before the heavy
         # organization's third.
         turn = b.post(SD1, json=short).json()["id"]
@@ -299,4 +319,52 @@ def test_a_light_organization_goes_before_a_heavy_ones_backlog(cluster: Cluster)
         for generation_id in [*first, backlog]:
             wait_for(a, generation_id, finished)
         wait_for(b, turn, finished)
+    cluster.deployment.books().assert_settled()
+
+
+def test_queued_jobs_that_fit_run_as_one_batch_on_a_worker(cluster: Cluster) -> None:
+    """A worker takes along the queued jobs that can share its pipeline call (one per
+    organization per turn); a cancel from a replica takes one out of the running batch at
+    once, refunded, while the others finish with their solo runs' images."""
+    holder = cluster.deployment.new_key("scaleout-holder@example.com", 100)
+    a_key = cluster.deployment.new_key("scaleout-batch-a@example.com", 100)
+    b_key = cluster.deployment.new_key("scaleout-batch-b@example.com", 100)
+    body = t2i_body(steps=30)
+    with (
+        cluster.client(0, holder, **ASYNC) as h,
+        cluster.client(0, a_key, **ASYNC) as a,
+        cluster.client(1, b_key, **ASYNC) as b,
+    ):
+        # Both workers busy (SDXL never batches), then three SD 1.x jobs queue up.
+        blockers = [h.post(SDXL, json=t2i_body(steps=50, samples=4)).json()["id"] for _ in "12"]
+        for generation_id in blockers:
+            wait_for(h, generation_id, running_at_step(1))
+        requests = {
+            "scaleout-batch-a-1": (a, {**body, "seed": 11}),
+            "scaleout-batch-b-1": (b, {**body, "seed": 12, "samples": 2}),
+            "scaleout-batch-a-2": (a, {**body, "seed": 13}),
+        }
+        for name, (client, json_body) in requests.items():
+            answer = client.post(SD1, json=json_body, headers={"Generation-Id": name})
+            assert answer.status_code == 202, answer.text
+        h.delete(f"/v1/generation/{blockers[0]}")  # one worker frees; it takes all three
+        seen = wait_for(a, "scaleout-batch-a-2", running_at_step(2)).json()
+        assert seen["batch_size"] == 3
+        left = b.delete("/v1/generation/scaleout-batch-a-2")  # not B's: not found
+        assert left.status_code == 404
+        left_body = a.delete("/v1/generation/scaleout-batch-a-2").json()
+        assert left_body["status"] == "cancelled" and left_body["progress"]["step"] < 30
+        h.delete(f"/v1/generation/{blockers[1]}")
+        done = {name: wait_for(client, name, finished) for name, (client, _) in requests.items()}
+        assert done["scaleout-batch-a-2"].status_code == 409
+        for name in ("scaleout-batch-a-1", "scaleout-batch-b-1"):
+            client, json_body = requests[name]
+            solo = client.post(SD1, json=json_body, headers={"Prefer": "respond-sync"})
+            assert_matches_solo(done[name], solo)
+    records = generation_records(cluster.deployment, a_key, b_key)
+    assert {name: (records[name]["status"], records[name]["batch_size"]) for name in requests} == {
+        "scaleout-batch-a-1": ("succeeded", 3),
+        "scaleout-batch-b-1": ("succeeded", 3),
+        "scaleout-batch-a-2": ("cancelled", 3),
+    }
     cluster.deployment.books().assert_settled()

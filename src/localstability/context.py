@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass
 
+from localstability import errors
 from localstability.config import Settings
 from localstability.inference.worker import InferenceWorker
 from localstability.jobs.artifacts import ArtifactStore, DiskArtifactStore, MemoryArtifactStore
@@ -54,12 +55,18 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
     limiter: Limiter
     worker: InferenceWorker | None = None
     if settings.backend == "celery":
-        from localstability.jobs.board import JobBoard, RedisArtifactStore
+        from localstability.jobs.board import (
+            REDIS_OUTAGES,
+            JobBoard,
+            RedisArtifactStore,
+            queue_unavailable,
+        )
         from localstability.jobs.celery_app import celery_app
         from localstability.jobs.celery_backend import CeleryJobBackend
 
         if not settings.redis_url:
             raise ValueError("backend = 'celery' needs redis_url")
+        errors.answer_outages(REDIS_OUTAGES, queue_unavailable)
         store: ArtifactStore = RedisArtifactStore(settings.redis_url, settings.redis_prefix)
         jobs: JobBackend = CeleryJobBackend(
             billing,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,34 @@ class ResultExpired(ApiError):
     """The generation succeeded, but its images are no longer kept."""
 
     status, name = 410, "result_expired"
+
+
+# Exceptions of a service the deployment depends on (e.g. Redis for the celery backend) that
+# every front door answers with a named error instead of a 500; registered by the composition
+# root, which is the one that knows the service.
+_OUTAGES: dict[type[Exception], Callable[[Exception], ApiError]] = {}
+
+
+def answer_outages(
+    kinds: tuple[type[Exception], ...], make: Callable[[Exception], ApiError]
+) -> None:
+    """Have the front doors answer an exception of `kinds` with `make(exc)`."""
+    for kind in kinds:
+        _OUTAGES[kind] = make
+
+
+def outage_kinds() -> tuple[type[Exception], ...]:
+    """The exception types registered as outages."""
+    return tuple(_OUTAGES)
+
+
+def outage(exc: BaseException) -> ApiError | None:
+    """The error a front door answers for `exc` if it is a registered outage, else None."""
+    for kind, make in _OUTAGES.items():
+        if isinstance(exc, kind):
+            log.warning("service unavailable: %s", exc)
+            return make(exc)
+    return None
 
 
 def error_class(name: str) -> type[ApiError] | None:

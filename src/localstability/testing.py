@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -231,9 +231,11 @@ class RedisServer:
         terminate(self.process)
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def restart(self) -> None:
-        """Stop it and start a new one on the same port, without the old one's data."""
+    def restart(self, while_down: Callable[[], object] = lambda: None) -> None:
+        """Stop it, call `while_down`, and start a new one on the same port, without the old
+        one's data."""
         self.stop()
+        while_down()
         fresh = start_redis(self.port)
         self.process, self.directory = fresh.process, fresh.directory
 

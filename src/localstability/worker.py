@@ -1,10 +1,11 @@
 """`localstability worker`: a scale-out worker, the composition root of its process.
 
 It takes jobs from the Celery queues of the engines it serves, one at a time (one worker per
-GPU), and runs each delivery with `jobs.delivered.run_delivered`: the same inference code as
-the embedded server, its state on the job board, its images in the shared artifact store, its
-money in the database. A thread keeps the worker's heartbeat in the database (a delivery of a
-job whose worker stopped beating is run again) and refunds what dead workers left.
+GPU), and runs each delivery with `jobs.delivered.Deliveries` (with the queued jobs that batch
+with it): the same inference code as the embedded server, its state on the job board, its
+images in the shared artifact store, its money in the database. A thread keeps the worker's
+heartbeat in the database (a delivery of a job whose worker stopped beating is run again) and
+refunds what dead workers left.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from localstability.config import Settings
 from localstability.inference.loader import PipelineCache
-from localstability.jobs.base import JobSpec
+from localstability.jobs.base import JobSpec, queue_lost
 from localstability.jobs.board import JobBoard, RedisArtifactStore
 from localstability.jobs.celery_app import TASK, celery_app, engine_queue
-from localstability.jobs.delivered import RUNNING_ELSEWHERE, run_delivered
+from localstability.jobs.delivered import RUNNING_ELSEWHERE, Deliveries
 from localstability.service.billing import Billing, billing_for
 from localstability.service.tasks import TaskBuilder
 from localstability.store.db import Database
@@ -41,17 +42,26 @@ def worker_engines(settings: Settings, wanted: list[str] | None) -> list[str]:
     return wanted
 
 
-def settle_recovered(billing: Billing, board: JobBoard) -> None:
-    """Refund what dead workers left, and say so on the board."""
+def settle_recovered(billing: Billing, board: JobBoard, heartbeat_s: float) -> None:
+    """Refund what dead workers left, and say so on the board; refund the queued jobs that
+    Redis lost (a queued generation's board entry is written before its record, and
+    outlives its end: one missing means that Redis lost it, and its message with it)."""
     board.interrupted(billing.recover(), billing.interrupted)
+    waiting = billing.waiting(older_than_s=2 * heartbeat_s)
+    lost = board.missing(waiting) if waiting else []
+    if lost:
+        log.warning("refunding jobs the queue lost", extra={"count": len(lost)})
+        billing.refund(lost, queue_lost())
 
 
 class Presence:
     """What the worker tells the cluster view each heartbeat: who it is and what it runs."""
 
-    def __init__(self, billing: Billing, board: JobBoard, engines: list[str], ttl_s: float):
-        self.billing, self.board, self.engines, self.ttl_s = billing, board, engines, ttl_s
-        self.running: list[str] = []
+    def __init__(
+        self, billing: Billing, deliveries: Deliveries, engines: list[str], ttl_s: float
+    ) -> None:
+        self.billing, self.deliveries, self.board = billing, deliveries, deliveries.board
+        self.engines, self.ttl_s = engines, ttl_s
 
     def beat(self) -> None:
         self.board.beat(
@@ -59,7 +69,7 @@ class Presence:
             socket.gethostname(),
             os.getpid(),
             self.engines,
-            self.running,
+            self.deliveries.running,
             self.ttl_s,
         )
 
@@ -69,7 +79,7 @@ def keep_beating(presence: Presence, every_s: float, stop: threading.Event) -> N
         try:
             presence.billing.heartbeat()
             presence.beat()
-            settle_recovered(presence.billing, presence.board)
+            settle_recovered(presence.billing, presence.board, every_s)
         except Exception:
             log.exception("heartbeat failed")
 
@@ -96,21 +106,21 @@ def run_worker(settings: Settings, engines: list[str]) -> None:
             countdown=settings.runner_timeout_s + settings.runner_heartbeat_s,
         )
 
-    presence = Presence(billing, board, engines, settings.runner_timeout_s)
+    deliveries = Deliveries(
+        billing, board, store, pipelines, settings.result_ttl_s, settings.batch_window_ms / 1000
+    )
+    presence = Presence(billing, deliveries, engines, settings.runner_timeout_s)
 
     @app.task(name=TASK)
     def run_job(spec_json: str) -> str:
         spec = JobSpec.from_json(spec_json)
-        presence.running = [spec.id]
         try:
-            outcome = run_delivered(spec, billing, board, store, pipelines, settings.result_ttl_s)
+            outcome = deliveries.run(spec)
         except (SQLAlchemyError, RedisError):
             # The database or Redis is away: the job keeps its place, tried again later.
             log.exception("job deferred", extra={"generation": spec.id})
             again_later(spec, spec_json)
             return "deferred"
-        finally:
-            presence.running = []
         log.info("job", extra={"generation": spec.id, "engine": spec.engine_id, "outcome": outcome})
         if outcome == RUNNING_ELSEWHERE:
             # Its worker may have just died (the broker counts from the delivery, not from the
@@ -120,7 +130,7 @@ def run_worker(settings: Settings, engines: list[str]) -> None:
 
     billing.heartbeat()  # registered before the first claim
     presence.beat()
-    settle_recovered(billing, board)
+    settle_recovered(billing, board, settings.runner_heartbeat_s)
     stop = threading.Event()
     beating = threading.Thread(
         target=keep_beating,

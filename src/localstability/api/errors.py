@@ -97,6 +97,17 @@ def install_error_handlers(app: FastAPI) -> None:
         # (no traceback logged); nobody is left to read this answer.
         return envelope(400, "bad_request", "the client disconnected before sending the whole body")
 
+    async def unavailable(request: Request, exc: Exception) -> JSONResponse:
+        known = errors.outage(exc)
+        if known is None:  # not registered after all
+            return await unexpected(request, exc)
+        return await api_error(request, known)
+
+    # A service the deployment depends on is away (registered by the composition root before
+    # the app is built): a named error, answered like any other (the connection stays open).
+    for kind in errors.outage_kinds():
+        app.add_exception_handler(kind, unavailable)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         error_id = report_unexpected(exc, path=request.url.path)

@@ -154,6 +154,14 @@ def worker_lost() -> errors.ApiError:
     )
 
 
+def queue_lost() -> errors.ApiError:
+    """A scale-out job that was queued when Redis lost its data (the message with it)."""
+    return errors.GenerationInterrupted(
+        "the generation was interrupted: the job queue lost it (Redis restarted without its "
+        "data) before a worker took it; its credits were refunded"
+    )
+
+
 class WorkerInfo(BaseModel):
     """A process that runs generations."""
 

@@ -45,6 +45,21 @@ from localstability.protocol import (
     GenerationStatusBody,
 )
 
+# What a front door answers while Redis can't be reached (503 with Retry-After, not a 500).
+REDIS_OUTAGES: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+RETRY_AFTER_S = 5
+
+
+def queue_unavailable(exc: Exception) -> errors.ApiError:
+    return errors.QueueUnavailable(
+        f"the job queue is unreachable; retry shortly ({exc})",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 # KEYS: job hash, events channel. ARGV: allowed current statuses (comma-separated), the new
 # status, then field/value pairs to set. Returns 1 when it moved, 0 when the job was in no
 # allowed status (or has no hash).
@@ -176,7 +191,10 @@ class JobBoard:
         return f"{key[0]}:{key[1]}"
 
     def job_key(self, key: GenerationKey) -> str:
-        return f"{self.prefix}job:{self.member(key)}"
+        return self._job_key(self.member(key))
+
+    def _job_key(self, member: str) -> str:
+        return f"{self.prefix}job:{member}"
 
     def channel(self, key: GenerationKey, steps: bool = True) -> str:
         """Where a job's changes are told: every change (`steps`), or its status moves only
@@ -277,6 +295,13 @@ class JobBoard:
         pipe.publish(self.channel(key, steps=False), "moved")
         pipe.execute()
 
+    def missing(self, keys: list[GenerationKey]) -> list[GenerationKey]:
+        """Those of `keys` that are not on the board (Redis lost them)."""
+        pipe = self.sync.pipeline()
+        for key in keys:
+            pipe.exists(self.job_key(key))
+        return [key for key, found in zip(keys, pipe.execute(), strict=True) if not found]
+
     def request_cancel(self, key: GenerationKey) -> None:
         self.sync.set(self.cancel_key(key), "1", ex=24 * 3600)
 
@@ -307,6 +332,15 @@ class JobBoard:
         )
         pipe.expire(key, max(1, int(ttl_s)))
         pipe.execute()
+
+    def waiting(self, limit: int = 256) -> list[JobSpec]:
+        """The jobs queued on the board, oldest first (what a worker may batch with its own;
+        each still to be taken by `move`, which one other process may win)."""
+        members: list[str] = self.sync.zrange(self.queued_key(), 0, limit - 1)  # type: ignore[assignment]
+        pipe = self.sync.pipeline()
+        for member in members:
+            pipe.hget(self._job_key(member), "spec")
+        return [JobSpec.from_json(spec) for spec in pipe.execute() if spec]
 
     def leave(self, runner: str) -> None:
         self.sync.delete(self.worker_key(runner))

@@ -32,7 +32,7 @@ from localstability.jobs.base import (
     shutting_down,
     worker_lost,
 )
-from localstability.jobs.board import BoardEntry, JobBoard
+from localstability.jobs.board import BoardEntry, JobBoard, queue_unavailable
 from localstability.jobs.celery_app import TASK, engine_queue, fair_priority
 from localstability.jobs.delivered import WorkerLedger
 from localstability.protocol import GenerationProgress, GenerationStatus
@@ -90,9 +90,7 @@ class CeleryJobBackend:
             )
         except Exception as exc:  # the broker is unreachable: nothing will run it
             log.exception("job not queued", extra={"generation": spec.id})
-            error = errors.QueueUnavailable(
-                f"the job queue is unreachable; retry shortly ({exc})", headers={"Retry-After": "5"}
-            )
+            error = queue_unavailable(exc)
             await self._refund(spec.key, GenerationStatus.FAILED, error, (GenerationStatus.QUEUED,))
             raise error from None
         return Job(spec=spec, total=spec.steps)

@@ -16,6 +16,7 @@ from pathlib import Path
 from localstability import errors
 from localstability.config import load_settings
 from localstability.inference.control import NO_CONTROL, StepControl
+from localstability.inference.diffusion import GeneratedImage
 from localstability.inference.loader import PipelineCache
 from localstability.inference.tasks import Batch, run_tasks
 from localstability.jobs.artifacts import (
@@ -40,6 +41,18 @@ def read_inputs(spec: JobSpec, store: ArtifactStore) -> dict[str, bytes]:
     return found
 
 
+def run_batch(
+    specs: list[JobSpec],
+    store: ArtifactStore,
+    pipelines: PipelineCache,
+    control: StepControl = NO_CONTROL,
+) -> list[list[GeneratedImage]]:
+    """Run the jobs (one, or several whose runs share a batch key) as one pipeline call: the
+    images of each, in order."""
+    batch = Batch([spec.run for spec in specs], [read_inputs(spec, store) for spec in specs])
+    return run_tasks(pipelines, batch, control)
+
+
 def execute(
     spec: JobSpec,
     store: ArtifactStore,
@@ -47,7 +60,7 @@ def execute(
     control: StepControl = NO_CONTROL,
 ) -> list[Artifact]:
     """Run the job alone and return its artifacts (PNG-encoded)."""
-    [images] = run_tasks(pipelines, Batch([spec.run], [read_inputs(spec, store)]), control)
+    [images] = run_batch([spec], store, pipelines, control)
     return to_artifacts(images, control.check)
 
 

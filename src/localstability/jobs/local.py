@@ -10,7 +10,7 @@ front of one inference worker thread per device.
   organizations the same way; `batch_window_s` lets a batch with room wait for more. Each job
   keeps its own seeds.
 - Running: the worker thread reads the jobs' input images from the artifact store and runs
-  their `TaskRun`s (`inference.tasks.run_tasks`); PNG encoding, the charge and storing the
+  their `TaskRun`s (`jobs.execute.run_batch`); PNG encoding, the charge and storing the
   results go on in a task of their own, so the device starts the next batch at once.
 - Cancellation: a queued job leaves the queue at once; a running one stops at its next step
   (StepControl), or, in a batch with others still wanted, leaves the batch at once and its
@@ -35,7 +35,6 @@ from localstability import errors
 from localstability.inference.control import BatchControl, JobCancelled, StepControl
 from localstability.inference.diffusion import GeneratedImage
 from localstability.inference.loader import PipelineCache
-from localstability.inference.tasks import Batch, run_tasks
 from localstability.inference.worker import InferenceWorker
 from localstability.jobs.artifacts import (
     Artifact,
@@ -60,7 +59,7 @@ from localstability.jobs.base import (
     shutting_down,
     too_many_jobs,
 )
-from localstability.jobs.execute import read_inputs
+from localstability.jobs.execute import run_batch
 from localstability.protocol import FINISHED, GenerationProgress, GenerationStatus
 from localstability.protocol import GenerationStatusBody as View
 
@@ -253,9 +252,7 @@ class LocalJobBackend:
         def work() -> list[list[GeneratedImage]]:
             control.check()  # cancelled between dispatch and start
             self.ledger.start(*(job.key for job in live))
-            inputs = [read_inputs(job.spec, self.store) for job in live]
-            runs = Batch([job.spec.run for job in live], inputs)
-            return run_tasks(self.pipelines, runs, control)
+            return run_batch([job.spec for job in live], self.store, self.pipelines, control)
 
         try:
             results = await self.worker.run(work)

@@ -262,9 +262,13 @@ class ImageTools:
         except errors.ApiError as exc:
             result, outcome = error_result(exc), exc.name
         except Exception as exc:
-            error_id = report_unexpected(exc, tool=name)
-            unexpected = errors.ServerError(UNEXPECTED_MESSAGE)
-            result, outcome = error_result(unexpected, error_id), unexpected.name
+            known = errors.outage(exc)
+            if known is not None:
+                result, outcome = error_result(known), known.name
+            else:
+                error_id = report_unexpected(exc, tool=name)
+                unexpected = errors.ServerError(UNEXPECTED_MESSAGE)
+                result, outcome = error_result(unexpected, error_id), unexpected.name
         finally:
             _reporter.reset(reporting)
             log.info(

@@ -55,7 +55,8 @@ class Billing:
     With `broker_queue` (the celery backend) a queued generation belongs to no process: the
     broker holds it until a worker claims it. A generation whose worker died is then left
     `redelivery_grace_s` more for the broker to deliver it again (a claim takes it over)
-    before it is refunded; a queued one is refunded once its inputs are gone (a day)."""
+    before it is refunded; a queued one is refunded once its inputs are gone (a day), or
+    sooner by a worker that finds the job queue lost it (`waiting`, `refund`)."""
 
     def __init__(
         self,
@@ -155,6 +156,23 @@ class Billing:
             log.warning("refunded interrupted generations", extra={"count": len(stale)})
         return stale
 
+    def waiting(self, older_than_s: float) -> list[GenerationKey]:
+        """The generations queued (in the broker's queue, no worker has claimed them) for
+        longer than `older_than_s`."""
+        since = utcnow() - timedelta(seconds=older_than_s)
+        with self.database.session() as session:
+            return [
+                (g.organization_id, g.id)
+                for g in ledger.unfinished(session)
+                if g.status == GenerationStatus.QUEUED and g.runner is None and g.created_at < since
+            ]
+
+    def refund(self, generations: list[GenerationKey], error: errors.ApiError) -> None:
+        """They failed with `error` before they ran: refunded (those that ended meanwhile
+        are left as they are)."""
+        for generation in generations:
+            self.end(generation, GenerationStatus.FAILED, error)
+
     def purge(self, charged_days: float, refunded_hours: float, batch: int = 500) -> int:
         """Remove the records kept past their retention (0: kept for ever): charged ones
         after `charged_days`, refunded ones (failed, cancelled) after `refunded_hours`.
@@ -216,6 +234,12 @@ class Billing:
         alive_since = utcnow() - timedelta(seconds=self.runner_timeout_s)
         with self.database.session.begin() as session:
             return ledger.claim(session, *generation, self.runner, alive_since)
+
+    def batched(self, *generations: GenerationKey) -> None:
+        """Generations this worker claimed run together in one pipeline call."""
+        with self.database.session.begin() as session:
+            for org, generation_id in generations:
+                ledger.batched(session, org, generation_id, self.runner, len(generations))
 
     def outcome(self, generation: GenerationKey) -> tuple[GenerationStatus, str | None, str]:
         """The generation's status, and its error's name and message (if it ended so)."""

@@ -174,6 +174,21 @@ def claim(
     return bool(getattr(result, "rowcount", 0))
 
 
+def batched(
+    session: Session, organization_id: str, generation_id: str, runner: str, batch_size: int
+) -> None:
+    """A generation that `runner` claimed runs in a pipeline call with `batch_size` in all."""
+    session.execute(
+        update(Generation)
+        .where(
+            _is(organization_id, generation_id),
+            Generation.status == GenerationStatus.RUNNING,
+            Generation.runner == runner,
+        )
+        .values(batch_size=batch_size)
+    )
+
+
 def finish(
     session: Session,
     organization_id: str,
