@@ -22,6 +22,7 @@ Redis and PostgreSQL are started here on loopback ports and stopped by PID.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -56,6 +57,15 @@ def body(steps: int, seed: int) -> dict[str, Any]:
         "width": 512,
         "height": 512,
     }
+
+
+def batch_sizes(worker_log: Path) -> list[int]:
+    """The size of each batch (of more than one job) that the worker's log tells of."""
+    sizes = []
+    for line in worker_log.read_text().splitlines():
+        if line.startswith("{") and '"message": "batch"' in line:
+            sizes.append(len(json.loads(line).get("generations", [])))
+    return sizes
 
 
 def burst(base_url: str, key: str, requests: int, steps: int) -> float:
@@ -172,7 +182,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             on = {**celery, "LOCALSTABILITY_BATCHING": "1"}
             batching = start_server(config, root / "replica-batching.log", env=on)
             processes.append(batching)
+            before = batch_sizes(root / "worker-1.log")
             batched = burst(batching.base_url, replica.key, args.requests, args.steps)
+            sizes = batch_sizes(root / "worker-1.log")[len(before) :]
             batching.stop()
             processes.remove(batching)
             second = add_worker("worker-2")
@@ -247,6 +259,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "one_worker_images_per_s": round(one, 3),
             "one_worker_batched_images_per_s": round(batched, 3),
             "ratio": round(batched / one, 3),
+            "batch_sizes": sizes,
         },
         "latency": {
             "requests": args.latency_requests,
