@@ -91,7 +91,9 @@ def test_cancel_through_the_other_replica_stops_the_running_job(cluster: Cluster
     cluster.deployment.books().assert_settled()
 
 
-def test_a_queued_job_cancelled_never_runs(cluster: Cluster) -> None:
+def test_a_queued_job_cancelled_never_runs_and_the_queue_bound_counts_every_replica(
+    cluster: Cluster,
+) -> None:
     with cluster.client(0, **ASYNC) as a, cluster.client(1) as b:
         before = balance(a)
         # Both workers busy, then one more: it waits in the queue.
@@ -100,6 +102,19 @@ def test_a_queued_job_cancelled_never_runs(cluster: Cluster) -> None:
         assert queued.status_code == 202
         generation_id = queued.json()["id"]
         assert b.get(f"/v1/generation/{generation_id}").json()["status"] == "queued"
+        # A third replica whose queue bound is 1 counts the job queued through B.
+        bounded = start_server(
+            cluster.config,
+            cluster.directory / "replica-c.log",
+            env={**cluster.env, "LOCALSTABILITY_MAX_QUEUED_JOBS": "1"},
+        )
+        try:
+            with bounded.client() as c:
+                full = c.post(SD1, json=t2i_body(steps=10))
+                assert full.status_code == 503 and full.json()["name"] == "queue_full"
+                assert full.headers["Retry-After"] == "5"
+        finally:
+            bounded.stop()
         cancelled = a.delete(f"/v1/generation/{generation_id}")
         assert cancelled.json()["status"] == "cancelled"
         for other in busy:
@@ -244,10 +259,10 @@ def test_redis_restarted_without_its_data_charges_nothing_twice(
     key = cluster.deployment.new_key("scaleout-redis@example.com", 100)
     with cluster.client(0, key, **ASYNC) as a:
         # Two jobs run (one on each worker) and a third waits in the queue.
-        running = [a.post(SDXL, json=t2i_body(steps=40)).json()["id"] for _ in "12"]
+        running = [a.post(SDXL, json=t2i_body(steps=20)).json()["id"] for _ in "12"]
         for generation_id in running:
             wait_for(a, generation_id, running_at_step(2))
-        queued = a.post(SDXL, json=t2i_body(steps=40)).json()["id"]
+        queued = a.post(SDXL, json=t2i_body(steps=20)).json()["id"]
         assert a.get(f"/v1/generation/{queued}").json()["status"] == "queued"
         down: list[httpx.Response] = []
 
@@ -329,14 +344,14 @@ def test_queued_jobs_that_fit_run_as_one_batch_on_a_worker(cluster: Cluster) -> 
     holder = cluster.deployment.new_key("scaleout-holder@example.com", 100)
     a_key = cluster.deployment.new_key("scaleout-batch-a@example.com", 100)
     b_key = cluster.deployment.new_key("scaleout-batch-b@example.com", 100)
-    body = t2i_body(steps=30)
+    body = t2i_body(steps=20)
     with (
         cluster.client(0, holder, **ASYNC) as h,
         cluster.client(0, a_key, **ASYNC) as a,
         cluster.client(1, b_key, **ASYNC) as b,
     ):
         # Both workers busy (SDXL never batches), then three SD 1.x jobs queue up.
-        blockers = [h.post(SDXL, json=t2i_body(steps=50, samples=4)).json()["id"] for _ in "12"]
+        blockers = [h.post(SDXL, json=SLOW).json()["id"] for _ in "12"]
         for generation_id in blockers:
             wait_for(h, generation_id, running_at_step(1))
         requests = {
@@ -353,7 +368,7 @@ def test_queued_jobs_that_fit_run_as_one_batch_on_a_worker(cluster: Cluster) -> 
         left = b.delete("/v1/generation/scaleout-batch-a-2")  # not B's: not found
         assert left.status_code == 404
         left_body = a.delete("/v1/generation/scaleout-batch-a-2").json()
-        assert left_body["status"] == "cancelled" and left_body["progress"]["step"] < 30
+        assert left_body["status"] == "cancelled" and left_body["progress"]["step"] < 20
         h.delete(f"/v1/generation/{blockers[1]}")
         done = {name: wait_for(client, name, finished) for name, (client, _) in requests.items()}
         assert done["scaleout-batch-a-2"].status_code == 409

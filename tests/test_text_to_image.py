@@ -6,6 +6,7 @@ import base64
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -211,8 +212,10 @@ def test_event_loop_serves_while_a_generation_runs(server: Server) -> None:
     """Inference runs off the event loop: other requests are answered while it denoises."""
     results: dict[str, int] = {}
 
+    generation_id = f"event-loop-{uuid.uuid4().hex[:12]}"
+
     def long_generation() -> None:
-        with server.client() as http:
+        with server.client(**{"Generation-Id": generation_id}) as http:
             body = t2i_body(steps=50, seed=1, samples=2)
             results["generation"] = http.post(SDXL, json=body).status_code
 
@@ -225,13 +228,14 @@ def test_event_loop_serves_while_a_generation_runs(server: Server) -> None:
                 http.get("/v1/engines/list").status_code,
                 http.get("/v1/user/balance").status_code,
             ]
-        # Had the loop been blocked, these answers would only come after the generation.
-        still_running = worker.is_alive()
+            # Had the loop been blocked, these answers would only come after the generation.
+            still_running = worker.is_alive()
+            http.delete(f"/v1/generation/{generation_id}")  # no need to wait for its end
     finally:
         worker.join()
     assert answered == [200, 200]
     assert still_running, "the cheap requests were answered only after the generation"
-    assert results["generation"] == 200
+    assert results["generation"] == 409  # cancelled
 
 
 def test_pipelines_load_once_and_engines_with_one_source_share_it(
