@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 import httpx
@@ -123,6 +124,18 @@ def test_keys_create_and_organization_header(server: Server) -> None:
 def test_unknown_route_gets_envelope(client: httpx.Client) -> None:
     assert_envelope(client.get("/v1/nothing-here"), 404, "not_found")
     assert_envelope(client.delete("/v1/engines/list"), 405, "method_not_allowed")
+
+
+def test_the_api_docs_pages_work_offline(client: httpx.Client) -> None:
+    # Swagger UI and ReDoc load their scripts from the server itself, nothing from outside.
+    for page, script in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        html = client.get(page)
+        assert html.status_code == 200 and f'"/docs/assets/{script}"' in html.text, html.text
+        outside = re.findall(r"https?://[^\s\"'<>]+", html.text)
+        assert not outside, outside
+        asset = client.get(f"/docs/assets/{script}")
+        assert asset.status_code == 200 and len(asset.content) > 500_000
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
 
 
 def test_openapi_describes_the_v1_paths_and_bodies(client: httpx.Client) -> None:

@@ -192,6 +192,29 @@ def test_engine_without_weights_names_engine_and_remedy(tmp_path: Path) -> None:
             assert engine_id in body["message"]
             assert f"localstability models pull {engine_id}" in body["message"]
             assert "Traceback" not in body["message"]
+            assert "stacktrace" not in body["message"], body["message"]  # none to see
+
+
+def test_a_load_error_that_points_at_a_traceback_gives_its_cause_instead() -> None:
+    # What diffusers raises when the Hub can't be asked and the files are not cached.
+    from localstability.inference.loader import reason_of
+
+    try:
+        try:
+            raise ConnectionError("Cannot reach https://huggingface.co/api/models/a/b: offline")
+        except ConnectionError as cause:
+            raise OSError(
+                "Cannot load model a/b: the model is not fully cached locally and an error "
+                "occurred while trying to fetch metadata from the Hub. Please check out the root "
+                "cause in the stacktrace above."
+            ) from cause
+    except OSError as exc:
+        reason = reason_of(exc)
+    assert "stacktrace" not in reason
+    assert reason.startswith("OSError: Cannot load model a/b: the model is not fully cached")
+    assert reason.endswith(
+        "its cause: ConnectionError: Cannot reach https://huggingface.co/api/models/a/b: offline"
+    )
 
 
 def test_disabled_engine_is_not_listed_and_not_found(tmp_path: Path) -> None:

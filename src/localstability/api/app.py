@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from localstability import __version__
@@ -154,12 +155,15 @@ class RequestLog:
 def rest_app(context: AppContext, lifespan: Lifespan) -> FastAPI:
     """The REST API (v1, generations by id, admin) over `context`, its error envelope, its
     OpenAPI document and request log; `lifespan` runs around it (the composition root's)."""
-    app = FastAPI(
+    # Swagger UI at /docs and ReDoc at /redoc from assets in the package (fastapi-offline),
+    # not from a CDN: the pages work on a machine without internet.
+    app = FastAPIOffline(
         title="localstability",
         version=__version__,
         lifespan=lifespan,
         docs_url="/docs",
-        redoc_url=None,
+        redoc_url="/redoc",
+        static_url="/docs/assets",
     )
     app.state.context = context
     install_error_handlers(app)

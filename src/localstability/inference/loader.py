@@ -5,6 +5,7 @@ names the engine and says how to provide the weights."""
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -108,9 +109,19 @@ def unavailable(source: WeightSource, reason: str) -> errors.EngineUnavailable:
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+# What a library's error says of a traceback that a client of ours never sees (diffusers,
+# when the Hub can't be asked): dropped, and the error's cause given instead.
+_SEE_TRACEBACK = re.compile(r"\s*Please check out the root cause in the stacktrace above\.?", re.I)
+
+
+def reason_of(exc: BaseException) -> str:
+    """The exception's first line (and its cause's, where it points at a traceback)."""
+    message = str(exc)
+    text = _SEE_TRACEBACK.sub("", message).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    if _SEE_TRACEBACK.search(message) and exc.__cause__ is not None:
+        line += f"; its cause: {reason_of(exc.__cause__)}"
+    return line
 
 
 def load_pipeline(source: WeightSource, device: str, dtype: Any, offline: bool) -> Any:
@@ -152,7 +163,7 @@ def load_pipeline(source: WeightSource, device: str, dtype: Any, offline: bool) 
             "engine weights unavailable",
             extra={"engine_id": source.engine_id, "source": source.source, "error": repr(exc)},
         )
-        raise unavailable(source, _first_line(exc)) from exc
+        raise unavailable(source, reason_of(exc)) from exc
     pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -188,7 +199,7 @@ def download(source: WeightSource, offline: bool, models_dir: Path) -> Path:
                 )
             )
     except Exception as exc:  # reported with the same guidance as a failed load
-        raise unavailable(source, _first_line(exc)) from exc
+        raise unavailable(source, reason_of(exc)) from exc
     path = Path(source.source).expanduser()
     if not path.exists():
         raise unavailable(source, f"no such path {path}")
