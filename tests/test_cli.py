@@ -29,7 +29,9 @@ def test_make_tiny_writes_labelled_fixtures_and_config(tiny_dir: Path) -> None:
 
 def test_models_list_shows_readiness(tiny_dir: Path) -> None:
     output = run_cli("models", "list", "--config", str(tiny_dir / "localstability.toml")).stdout
-    lines = {line.split()[0]: line for line in output.splitlines()}
+    header, *rows = output.splitlines()
+    assert header.split() == ["ENGINE", "FAMILY", "STATE", "WEIGHTS"]
+    lines = {line.split()[0]: line for line in rows}
     assert len(lines) == 7
     assert "ready" in lines["localstability-shapes-v1"]
     assert "ready" in lines["stable-diffusion-v1-6"]
@@ -64,6 +66,8 @@ def test_models_pull_esrgan_offline_converts_the_packaged_weights(tmp_path: Path
     listed = run_cli("models", "list", LOCALSTABILITY_DATA_DIR=str(tmp_path)).stdout
     esrgan = next(line for line in listed.splitlines() if line.startswith("esrgan-v1-x2plus"))
     assert "ready (fallback)" in esrgan
+    assert "serving packaged:realesrgan-x4plus" in esrgan
+    assert listed.splitlines()[-1].startswith("ready (fallback): the engine's own weights are not")
 
 
 def test_keys_create_prints_only_the_key(tmp_path: Path) -> None:

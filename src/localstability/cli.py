@@ -213,21 +213,30 @@ def models_list(config: ConfigOption = None) -> None:
 
     settings = settings_of(config)
     models_dir = settings.data_dir / "models"
+    typer.echo(f"{'ENGINE':38} {'FAMILY':16} {'STATE':16} WEIGHTS")
+    fallbacks = False
     for engine in CATALOGUE.values():
         engine_config = settings.engine_config(engine.id)
         source = weight_source(settings, engine)
         fallback = fallback_source(settings, engine)
+        where = f"{source.kind}:{source.source}"
         if not engine_config.enabled:
             state = "disabled"
         elif source.is_ready(models_dir):
             state = "ready"
         elif fallback is not None and fallback.is_ready(models_dir):
-            state = "ready (fallback)"
+            state, fallbacks = "ready (fallback)", True
+            where += f", serving {fallback.source}"
         else:
             state = "not downloaded"
         label = f"  ({engine_config.label})" if engine_config.label else ""
-        where = f"{source.kind}:{source.source}"
-        typer.echo(f"{engine.id:38} {engine.family.value:16} {state:15} {where}{label}")
+        typer.echo(f"{engine.id:38} {engine.family.value:16} {state:16} {where}{label}")
+    if fallbacks:
+        typer.echo(
+            "ready (fallback): the engine's own weights are not on this machine; it serves the "
+            "offline fallback shown (docs/models.md). `localstability models pull ENGINE` "
+            "fetches its own where the Hub can be reached."
+        )
 
 
 @models_app.command("pull")
