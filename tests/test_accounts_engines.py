@@ -138,6 +138,22 @@ def test_the_api_docs_pages_work_offline(client: httpx.Client) -> None:
     assert client.get("/docs/assets/swagger-ui.css").status_code == 200
 
 
+def test_health_and_readiness_need_no_key_and_tell_nothing_secret(any_server: Server) -> None:
+    with httpx.Client(base_url=any_server.base_url, timeout=60) as anonymous:
+        alive = anonymous.get("/healthz")
+        assert alive.status_code == 200 and alive.json() == {"status": "ok"}
+        ready = anonymous.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    body = ready.json()
+    assert set(body) == {"status", "database", "jobs", "workers", "engines"}
+    assert (body["status"], body["database"], body["jobs"]) == ("ready", "ok", "ok")
+    assert body["workers"] >= 1  # this process (embedded), or the live workers (two-replica)
+    assert body["engines"]["localstability-shapes-v1"] == "ready"  # shipped in the package
+    assert set(body["engines"].values()) == {"ready"}  # the tiny models are all here
+    # No path, host, key or error text: engine ids and states only.
+    assert "/" not in ready.text and any_server.key not in ready.text
+
+
 def test_openapi_describes_the_v1_paths_and_bodies(client: httpx.Client) -> None:
     document = client.get("/openapi.json").json()
     generation = "/v1/generation/{engine_id}"

@@ -193,6 +193,10 @@ def test_engine_without_weights_names_engine_and_remedy(tmp_path: Path) -> None:
             assert f"localstability models pull {engine_id}" in body["message"]
             assert "Traceback" not in body["message"]
             assert "stacktrace" not in body["message"], body["message"]  # none to see
+        readiness = app_client.get("/readyz").json()  # no key needed
+        assert readiness["status"] == "ready"  # it serves the engines that have weights
+        assert readiness["engines"]["stable-diffusion-v1-6"] == "missing"
+        assert readiness["engines"]["localstability-shapes-v1"] == "ready"
 
 
 def test_a_load_error_that_points_at_a_traceback_gives_its_cause_instead() -> None:

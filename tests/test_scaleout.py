@@ -265,10 +265,12 @@ def test_redis_restarted_without_its_data_charges_nothing_twice(
         queued = a.post(SDXL, json=t2i_body(steps=20)).json()["id"]
         assert a.get(f"/v1/generation/{queued}").json()["status"] == "queued"
         down: list[httpx.Response] = []
+        not_ready: list[httpx.Response] = []
 
         def ask_while_down() -> None:
             down.append(a.post(SD1, json=t2i_body(steps=10)))
             down.append(a.get(f"/v1/generation/{queued}"))
+            not_ready.append(httpx.get(f"{cluster.replicas[0].base_url}/readyz", timeout=60))
 
         # The board, the queues, the stored images: all gone. Meanwhile: a named 503.
         redis_server.restart(ask_while_down)
@@ -276,6 +278,13 @@ def test_redis_restarted_without_its_data_charges_nothing_twice(
             assert answer.status_code == 503, answer.text
             assert answer.json()["name"] == "queue_unavailable"
             assert answer.headers["Retry-After"] == "5"
+        [readiness] = not_ready  # the load balancer is told, without a key
+        assert readiness.status_code == 503
+        assert {k: readiness.json()[k] for k in ("status", "database", "jobs")} == {
+            "status": "not_ready",
+            "database": "ok",
+            "jobs": "unavailable",
+        }
         # The running jobs run on without Redis' help and end once; their records answer for
         # them. The queued one went with the queue: refunded, and said so.
         answers = {}

@@ -209,22 +209,21 @@ def keys_revoke(
 def models_list(config: ConfigOption = None) -> None:
     """Each engine, where its weights come from, and whether they are on this machine."""
     from localstability.engines import CATALOGUE
-    from localstability.service.tasks import fallback_source, weight_source
+    from localstability.service.tasks import weight_source, weights_state
 
     settings = settings_of(config)
-    models_dir = settings.data_dir / "models"
     typer.echo(f"{'ENGINE':38} {'FAMILY':16} {'STATE':16} WEIGHTS")
     fallbacks = False
     for engine in CATALOGUE.values():
         engine_config = settings.engine_config(engine.id)
         source = weight_source(settings, engine)
-        fallback = fallback_source(settings, engine)
         where = f"{source.kind}:{source.source}"
+        weights, fallback = weights_state(settings, engine)
         if not engine_config.enabled:
             state = "disabled"
-        elif source.is_ready(models_dir):
+        elif weights == "ready":
             state = "ready"
-        elif fallback is not None and fallback.is_ready(models_dir):
+        elif fallback is not None:
             state, fallbacks = "ready (fallback)", True
             where += f", serving {fallback.source}"
         else:

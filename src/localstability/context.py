@@ -20,6 +20,7 @@ from localstability.service.accounts import AccountService
 from localstability.service.admin import AdminService
 from localstability.service.billing import Billing, billing_for
 from localstability.service.generation import GenerationService
+from localstability.service.health import HealthService
 from localstability.service.ratelimit import Limiter, RateLimiter, RedisRateLimiter
 from localstability.store.db import Database
 
@@ -38,6 +39,7 @@ class AppContext:
     admin: AdminService
     billing: Billing
     jobs: JobBackend
+    health: HealthService
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
@@ -109,6 +111,7 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
         admin=AdminService(database, actor="admin-api"),
         billing=billing,
         jobs=jobs,
+        health=HealthService(settings, database, jobs),
     )
     return context, database, worker
 

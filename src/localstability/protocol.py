@@ -214,6 +214,25 @@ class GenerationStatusBody(BaseModel):
     )
 
 
+class HealthBody(BaseModel):
+    """GET /healthz (extension): the process is alive."""
+
+    status: str = "ok"
+
+
+class ReadinessBody(BaseModel):
+    """GET /readyz (extension): whether this process can serve, and what with."""
+
+    status: str = Field(description="ready, or not_ready (503)")
+    database: str = Field(description="ok, or unavailable")
+    jobs: str = Field(description="the job backend (celery: Redis): ok, or unavailable")
+    workers: int = Field(description="live processes that run generations (0 if unknown)")
+    engines: dict[str, str] = Field(
+        description="each enabled engine: ready (its weights are here), fallback (its offline "
+        "fallback is), or missing (loaded on first use if they can be fetched)"
+    )
+
+
 class Error(BaseModel):
     id: str = Field(description="A unique identifier for this particular occurrence of the problem")
     name: str = Field(description="The short-name of this class of errors e.g. `bad_request`")

@@ -60,6 +60,18 @@ def fallback_source(settings: Settings, engine: EngineSpec) -> WeightSource | No
     return WeightSource(engine.id, engine.family, engine.fallback_source)
 
 
+def weights_state(settings: Settings, engine: EngineSpec) -> tuple[str, WeightSource | None]:
+    """Whether the engine's weights are on this machine: "ready" (its own), "fallback" (the
+    offline fallback, returned too) or "missing"."""
+    models_dir = settings.data_dir / "models"
+    if weight_source(settings, engine).is_ready(models_dir):
+        return "ready", None
+    fallback = fallback_source(settings, engine)
+    if fallback is not None and fallback.is_ready(models_dir):
+        return "fallback", fallback
+    return "missing", None
+
+
 def required_file(files: dict[str, bytes], name: str) -> bytes:
     try:
         return files[name]

@@ -1,0 +1,65 @@
+"""Liveness and readiness: what a load balancer or an orchestrator asks of a process, without
+an API key, and nothing it should not see (no paths, hosts, keys or error texts)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from sqlalchemy import text
+
+from localstability.config import Settings
+from localstability.jobs.base import JobBackend
+from localstability.protocol import ReadinessBody
+from localstability.service.tasks import TaskBuilder, weights_state
+from localstability.store.db import Database
+
+log = logging.getLogger(__name__)
+
+CHECK_TIMEOUT_S = 5.0  # a check that takes longer counts as failed
+
+
+class HealthService:
+    def __init__(self, settings: Settings, database: Database, jobs: JobBackend) -> None:
+        self.settings = settings
+        self.database = database
+        self.jobs = jobs
+        self.tasks = TaskBuilder(settings)
+
+    def _database_answers(self) -> bool:
+        try:
+            with self.database.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            return True
+        except Exception:
+            log.warning("readiness: the database does not answer", exc_info=True)
+            return False
+
+    async def readiness(self) -> ReadinessBody:
+        """The database answers, the job backend answers (and its live workers), and which
+        engines have their weights on this machine."""
+        engines = self.tasks.engines()
+        try:
+            database = await asyncio.wait_for(
+                asyncio.to_thread(self._database_answers), CHECK_TIMEOUT_S
+            )
+        except TimeoutError:
+            database = False
+        try:
+            cluster = await asyncio.wait_for(
+                self.jobs.cluster([e.id for e in engines]), CHECK_TIMEOUT_S
+            )
+            jobs, workers = True, len(cluster.workers)
+        except Exception:
+            log.warning("readiness: the job backend does not answer", exc_info=True)
+            jobs, workers = False, 0
+        states = await asyncio.to_thread(
+            lambda: {e.id: weights_state(self.settings, e)[0] for e in engines}
+        )
+        return ReadinessBody(
+            status="ready" if database and jobs else "not_ready",
+            database="ok" if database else "unavailable",
+            jobs="ok" if jobs else "unavailable",
+            workers=workers,
+            engines=states,
+        )
