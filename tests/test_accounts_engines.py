@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
+import uuid
 from typing import Any, Protocol
 
 import httpx
@@ -152,6 +155,42 @@ def test_health_and_readiness_need_no_key_and_tell_nothing_secret(any_server: Se
     assert set(body["engines"].values()) == {"ready"}  # the tiny models are all here
     # No path, host, key or error text: engine ids and states only.
     assert "/" not in ready.text and any_server.key not in ready.text
+
+
+def test_one_access_log_line_per_request_without_key_or_prompt(any_server: Server) -> None:
+    generation_id = f"access-log-{uuid.uuid4().hex[:12]}"
+    prompt = f"a lighthouse {uuid.uuid4().hex}"
+    body = {"text_prompts": [{"text": prompt}], "steps": 10, "seed": 5}
+    with any_server.client(**{"Generation-Id": generation_id}) as client:
+        made = client.post("/v1/generation/stable-diffusion-v1-6/text-to-image", json=body)
+        assert made.status_code == 200, made.text
+        org = client.get("/v1/user/account").json()["organizations"][0]["id"]
+        client.get(f"/v1/generation/{generation_id}")
+    deadline = time.monotonic() + 10
+    while True:  # the line is written once the answer has gone
+        logs = any_server.logs()
+        lines = [
+            json.loads(line)
+            for line in logs.splitlines()
+            if line.startswith("{") and '"message": "request"' in line and generation_id in line
+        ]
+        if len(lines) == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    post, get = lines
+    assert {k: post[k] for k in ("method", "route", "status", "generation", "engine")} == {
+        "method": "POST",
+        "route": "/v1/generation/{engine_id}/text-to-image",
+        "status": 200,
+        "generation": generation_id,
+        "engine": "stable-diffusion-v1-6",
+    }
+    assert post["organization"] == org
+    assert post["queue_wait_ms"] >= 0 and 0 < post["inference_ms"] < post["ms"]
+    by_id = "/v1/generation/{generation_id}"
+    assert (get["route"], get["status"], get["engine"]) == (by_id, 200, None)
+    assert get["queue_wait_ms"] is None and get["inference_ms"] is None  # a read, not a run
+    assert any_server.key not in logs and prompt not in logs
 
 
 def test_openapi_describes_the_v1_paths_and_bodies(client: httpx.Client) -> None:

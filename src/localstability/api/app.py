@@ -117,6 +117,30 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
     return openapi
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def access_fields(
+    scope: Scope, status: int, generation_id: str | None, started: float
+) -> dict[str, object]:
+    """The access-log line of a request: never its key, nor its prompts."""
+    state = scope.get("state") or {}
+    route = scope.get("route")
+    return {
+        "method": scope["method"],
+        "path": scope["path"],
+        "route": getattr(route, "path", None),  # the template, e.g. /v1/generation/{id}
+        "status": status,
+        "generation": generation_id,
+        "organization": state.get("organization_id"),
+        "engine": (scope.get("path_params") or {}).get("engine_id"),
+        "queue_wait_ms": _ms(state.get("queue_wait_s")),
+        "inference_ms": _ms(state.get("inference_s")),
+        "ms": round((time.perf_counter() - started) * 1000, 1),
+    }
+
+
 class RequestLog:
     """One structured log line per request. A plain ASGI middleware: Starlette's
     BaseHTTPMiddleware would hide a client's disconnect from the routes, which cancel the
@@ -130,26 +154,21 @@ class RequestLog:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 0
+        status, generation_id = 0, None
 
         async def send_logged(message: Message) -> None:
-            nonlocal status
+            nonlocal status, generation_id
             if message["type"] == "http.response.start":
                 status = message["status"]
+                for name, value in message.get("headers", ()):
+                    if name.lower() == b"generation-id":
+                        generation_id = value.decode("latin-1")
             await send(message)
 
         try:
             await self.app(scope, receive, send_logged)
         finally:
-            log.info(
-                "request",
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status,
-                    "ms": round((time.perf_counter() - started) * 1000, 1),
-                },
-            )
+            log.info("request", extra=access_fields(scope, status, generation_id, started))
 
 
 def rest_app(context: AppContext, lifespan: Lifespan) -> FastAPI:

@@ -25,19 +25,24 @@ Context = Annotated[AppContext, Depends(get_context)]
 
 
 def authenticate(
+    request: Request,
     context: Context,
     authorization: Annotated[str | None, Header()] = None,
     organization: Annotated[str | None, Header()] = None,
 ) -> Principal:
     """The caller, from a Bearer (or bare) API key; Organization picks who is billed."""
-    return context.accounts.authenticate(authorization, organization)
+    principal = context.accounts.authenticate(authorization, organization)
+    request.state.organization_id = principal.organization_id  # for the access log
+    return principal
 
 
 def authenticate_user(
-    context: Context, authorization: Annotated[str | None, Header()] = None
+    request: Request, context: Context, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
     """For /v1/user/account, which takes no Organization header."""
-    return context.accounts.authenticate(authorization, None)
+    principal = context.accounts.authenticate(authorization, None)
+    request.state.organization_id = principal.organization_id
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(authenticate)]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -88,6 +89,10 @@ class Job:
     error: errors.ApiError | None = None
     settled: bool = False  # its end (success, failure, refund) is being recorded
     batch_size: int = 0  # generations in the pipeline call it ran in (0: not started)
+    # Wall-clock times (time.time()): admitted, its pipeline call began, its images were made.
+    queued_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    made_at: float | None = None
     control: StepControl = field(default_factory=StepControl)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -102,6 +107,14 @@ class Job:
     @property
     def key(self) -> GenerationKey:
         return self.spec.key
+
+    def timings(self) -> tuple[float | None, float | None]:
+        """Seconds it waited in the queue and its pipeline call took (None where unknown)."""
+        wait = None if self.started_at is None else max(0.0, self.started_at - self.queued_at)
+        took = None
+        if self.started_at is not None and self.made_at is not None:
+            took = max(0.0, self.made_at - self.started_at)
+        return wait, took
 
 
 # -- the refusals and endings that every backend answers the same way ----------------------

@@ -118,6 +118,8 @@ class BoardEntry:
     error_name: str | None = None
     error: str | None = None
     spec: str = ""  # the JobSpec's JSON
+    started: float | None = None  # wall-clock: its pipeline call began, its images were made
+    made: float | None = None
 
     @property
     def finished(self) -> bool:
@@ -155,6 +157,8 @@ class BoardEntry:
             error_name=fields.get("error_name") or None,
             error=fields.get("error") or None,
             spec=fields.get("spec", ""),
+            started=float(fields["started"]) if fields.get("started") else None,
+            made=float(fields["made"]) if fields.get("made") else None,
         )
 
 

@@ -122,6 +122,7 @@ class CeleryJobBackend:
     def _update(job: Job, entry: BoardEntry) -> None:
         job.status, job.step, job.total = entry.status, entry.step, entry.total
         job.batch_size = entry.batch_size
+        job.started_at, job.made_at = entry.started, entry.made
         if entry.finished:
             job.error = None if entry.status == GenerationStatus.SUCCEEDED else entry.exception()
             job.done.set()

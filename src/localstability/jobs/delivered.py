@@ -159,6 +159,7 @@ class Batched:
         self.live = list(batch)
         self.outcomes: dict[str, str] = {}
         self.control = StepControl(self._report)
+        self.started = self.made = 0.0
 
     def run(self) -> dict[str, str]:
         for spec in list(self.live):
@@ -167,7 +168,9 @@ class Batched:
         specs = list(self.live)
         try:
             self.control.check()
+            self.started = time.time()
             results = run_batch(specs, self.d.store, self.d.pipelines, self.control)
+            self.made = time.time()
         except JobCancelled:
             self._end_all(GenerationStatus.CANCELLED, None)
             return self.outcomes
@@ -214,7 +217,8 @@ class Batched:
             return "ended while it ran"
         put_result(self.d.store, result_prefix(*key), artifacts, self.d.result_ttl_s)
         self._drop_inputs(spec)
-        self.d.board.move(key, (RUNNING,), GenerationStatus.SUCCEEDED)
+        times = {"started": self.started, "made": self.made}
+        self.d.board.move(key, (RUNNING,), GenerationStatus.SUCCEEDED, **times)
         return GenerationStatus.SUCCEEDED.value
 
     def _end_all(self, status: GenerationStatus, error: errors.ApiError | None) -> None:

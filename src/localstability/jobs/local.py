@@ -252,7 +252,14 @@ class LocalJobBackend:
         def work() -> list[list[GeneratedImage]]:
             control.check()  # cancelled between dispatch and start
             self.ledger.start(*(job.key for job in live))
-            return run_batch([job.spec for job in live], self.store, self.pipelines, control)
+            started = time.time()
+            for job in live:
+                job.started_at = started
+            images = run_batch([job.spec for job in live], self.store, self.pipelines, control)
+            made = time.time()
+            for job in live:
+                job.made_at = made
+            return images
 
         try:
             results = await self.worker.run(work)

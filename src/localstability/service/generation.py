@@ -69,6 +69,9 @@ class Outcome:
     generation_id: str
     status: GenerationStatusBody | None = None
     artifacts: list[Artifact] | None = None
+    # A sync generation's seconds in the queue and in its pipeline call (for the access log).
+    queue_wait_s: float | None = None
+    inference_s: float | None = None
 
 
 def _with_id(exc: errors.ApiError, generation_id: str) -> errors.ApiError:
@@ -190,7 +193,8 @@ class GenerationService:
                     await watcher  # every step is told before the result
                 else:
                     watcher.cancel()
-        return Outcome(generation_id, artifacts=artifacts)
+        wait, took = job.timings()
+        return Outcome(generation_id, artifacts=artifacts, queue_wait_s=wait, inference_s=took)
 
     async def _report(self, job: Job, progress: Progress) -> None:
         try:

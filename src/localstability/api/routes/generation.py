@@ -195,7 +195,14 @@ async def text_to_image(
     body = await parse_json_body(request, TextToImageRequestBody)
     how = delivery(request, png)
     outcome = await context.generation.text_to_image(principal, engine, body, how)
-    return outcome_response(outcome, png, how.respond_async)
+    return outcome_response(_logged(request, outcome), png, how.respond_async)
+
+
+def _logged(request: Request, outcome: Outcome) -> Outcome:
+    """Tell the access log (api/app.py RequestLog) how long the generation waited and ran."""
+    request.state.queue_wait_s = outcome.queue_wait_s
+    request.state.inference_s = outcome.inference_s
+    return outcome
 
 
 async def _multipart_generation(
@@ -217,7 +224,7 @@ async def _multipart_generation(
     body = parse_fields(form, model)
     how = delivery(request, png)
     outcome = await generate(principal, engine, body, form.files, how)
-    return outcome_response(outcome, png, how.respond_async)
+    return outcome_response(_logged(request, outcome), png, how.respond_async)
 
 
 @router.post(
