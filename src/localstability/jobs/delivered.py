@@ -76,14 +76,9 @@ class Deliveries:
     def run(self, spec: JobSpec) -> str:
         """Run one delivery of `spec` (and the queued jobs it batches with); returns what
         became of it (for the log)."""
-        if not self.board.move(spec.key, (QUEUED, RUNNING), RUNNING):
-            return ENDED_BEFORE  # cancelled while queued, or a delivery of an ended job
-        if not self.ledger.claim(spec.key):
-            status, name, message = self.ledger.outcome(spec.key)
-            if status in (QUEUED, RUNNING):  # its worker still looks alive (or is): ask again
-                return RUNNING_ELSEWHERE
-            self.board.move(spec.key, (RUNNING,), status, error_name=name, error=message)
-            return ENDED_BEFORE
+        refused = self._take(spec, (QUEUED, RUNNING))
+        if refused is not None:
+            return refused
         batch = self._gather(spec)
         self.running = [member.id for member in batch]
         try:
@@ -128,20 +123,23 @@ class Deliveries:
                     del queues[org]
                     continue
                 queues[org].remove(fitting[0])
-                if self._take(fitting[0]):
+                if self._take(fitting[0], (QUEUED,)) is None:
                     batch.append(fitting[0])
 
-    def _take(self, spec: JobSpec) -> bool:
-        """Take a queued job to run here: on the board (a cancel or another worker may win),
-        then in the database."""
-        if not self.board.move(spec.key, (QUEUED,), RUNNING):
-            return False
+    def _take(self, spec: JobSpec, allowed: tuple[GenerationStatus, ...]) -> str | None:
+        """Take a job to run here: on the board, from one of the `allowed` statuses (a
+        cancel or another worker may win), then in the database. None when taken, else why
+        not: it ended (cancelled while queued, a delivery of an ended job), or a worker that
+        still looks alive runs it (its own delivery, or the batch of another)."""
+        if not self.board.move(spec.key, allowed, RUNNING):
+            return ENDED_BEFORE
         if self.ledger.claim(spec.key):
-            return True
+            return None
         status, name, message = self.ledger.outcome(spec.key)
-        if status not in (QUEUED, RUNNING):  # it ended meanwhile; else its own delivery has it
-            self.board.move(spec.key, (RUNNING,), status, error_name=name, error=message)
-        return False
+        if status in (QUEUED, RUNNING):
+            return RUNNING_ELSEWHERE
+        self.board.move(spec.key, (RUNNING,), status, error_name=name, error=message)
+        return ENDED_BEFORE
 
 
 def _room(batch: list[JobSpec]) -> int:

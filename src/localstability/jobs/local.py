@@ -301,7 +301,7 @@ class LocalJobBackend:
         if job.settled:
             return
         if isinstance(exc, JobCancelled):
-            await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
+            await self._end(job, GenerationStatus.CANCELLED, cancelled(job.id))
         elif isinstance(exc, errors.ApiError):
             await self._end(job, GenerationStatus.FAILED, exc)
         elif isinstance(exc, Exception):
@@ -309,11 +309,7 @@ class LocalJobBackend:
             error = errors.ServerError(f"generation failed: {exc}")
             await self._end(job, GenerationStatus.FAILED, error)
         else:  # the backend itself is being torn down
-            await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
-
-    @staticmethod
-    def _cancelled_error(job: Job) -> errors.ApiError:
-        return cancelled(job.id)
+            await self._end(job, GenerationStatus.CANCELLED, cancelled(job.id))
 
     async def _end(self, job: Job, status: GenerationStatus, error: errors.ApiError) -> None:
         """A job that made no images: refund, record why, wake its waiters."""
@@ -417,7 +413,7 @@ class LocalJobBackend:
                 queue.remove(job)
                 if not queue:
                     del self._queues[job.organization_id]
-                await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
+                await self._end(job, GenerationStatus.CANCELLED, cancelled(job.id))
                 self._publish_all_queued()
                 return job
         if job.status == GenerationStatus.RUNNING and not job.done.is_set():
@@ -429,7 +425,7 @@ class LocalJobBackend:
                 and job in self._running
                 and any(not other.control.cancelled for other in self._running)
             ):  # the rest of its batch runs on: it leaves now, its images will be dropped
-                await self._end(job, GenerationStatus.CANCELLED, self._cancelled_error(job))
+                await self._end(job, GenerationStatus.CANCELLED, cancelled(job.id))
         return job
 
     # -- events ----------------------------------------------------------------------------

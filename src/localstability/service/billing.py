@@ -159,13 +159,8 @@ class Billing:
     def waiting(self, older_than_s: float) -> list[GenerationKey]:
         """The generations queued (in the broker's queue, no worker has claimed them) for
         longer than `older_than_s`."""
-        since = utcnow() - timedelta(seconds=older_than_s)
         with self.database.session() as session:
-            return [
-                (g.organization_id, g.id)
-                for g in ledger.unfinished(session)
-                if g.status == GenerationStatus.QUEUED and g.runner is None and g.created_at < since
-            ]
+            return ledger.unclaimed(session, utcnow() - timedelta(seconds=older_than_s))
 
     def refund(self, generations: list[GenerationKey], error: errors.ApiError) -> None:
         """They failed with `error` before they ran: refunded (those that ended meanwhile

@@ -259,6 +259,19 @@ def unfinished(session: Session) -> list[Generation]:
     )
 
 
+def unclaimed(session: Session, before: datetime) -> list[tuple[str, str]]:
+    """Generations queued since before `before` that no runner has claimed (organization id,
+    generation id)."""
+    rows = session.execute(
+        select(Generation.organization_id, Generation.id).where(
+            Generation.status == GenerationStatus.QUEUED,
+            Generation.runner.is_(None),
+            Generation.created_at < before,
+        )
+    )
+    return [(org, generation_id) for org, generation_id in rows]
+
+
 def purge(session: Session, status: GenerationStatus, before: datetime, limit: int = 500) -> int:
     """Remove up to `limit` records of generations that ended with `status` before `before`;
     how many went.
