@@ -147,14 +147,16 @@ def test_reserve_charge_refund_each_once(database: Database) -> None:
         ledger.reserve(session, failed)
     with database.session.begin() as session:
         assert ledger.start(session, org, ok.id)
-        assert ledger.finish(
+        charged = ledger.finish(
             session, org, ok.id, GenerationStatus.SUCCEEDED, finish_reasons=["SUCCESS"]
         )
-        assert ledger.finish(session, org, failed.id, GenerationStatus.CANCELLED, error="gone")
+        assert charged == 300
+        refunded = ledger.finish(session, org, failed.id, GenerationStatus.CANCELLED, error="gone")
+        assert refunded == 200
     with database.session.begin() as session:
         # A second end moves nothing: no double charge, no double refund.
-        assert not ledger.finish(session, org, ok.id, GenerationStatus.FAILED)
-        assert not ledger.finish(session, org, failed.id, GenerationStatus.SUCCEEDED)
+        assert ledger.finish(session, org, ok.id, GenerationStatus.FAILED) is None
+        assert ledger.finish(session, org, failed.id, GenerationStatus.SUCCEEDED) is None
         assert not ledger.start(session, org, ok.id)
     with database.session() as session:
         check = ledger.audit(session, org)
@@ -253,8 +255,8 @@ def test_generation_ids_belong_to_their_organization(database: Database) -> None
     with database.session.begin() as session:
         ledger.reserve(session, theirs)
     with database.session.begin() as session:
-        assert ledger.finish(session, first, mine.id, GenerationStatus.SUCCEEDED)
-        assert ledger.finish(session, second, mine.id, GenerationStatus.CANCELLED)
+        assert ledger.finish(session, first, mine.id, GenerationStatus.SUCCEEDED) is not None
+        assert ledger.finish(session, second, mine.id, GenerationStatus.CANCELLED) is not None
     with database.session() as session:
         assert ledger.audit(session, first).balance == 700
         assert ledger.audit(session, second).balance == 1_000
@@ -344,7 +346,7 @@ def test_migration_0004_keeps_records_and_entries(database_url: str) -> None:
         with database.session.begin() as session:
             record = session.get(Generation, ("org-a", "gen-1"))
             assert record is not None and record.runner == "old-host:1"
-            assert ledger.finish(session, "org-a", "gen-1", GenerationStatus.FAILED)
+            assert ledger.finish(session, "org-a", "gen-1", GenerationStatus.FAILED) is not None
         with database.session() as session:
             check = ledger.audit(session, "org-a")
             assert check.adds_up and (check.balance, check.reserved) == (1000, 0)

@@ -72,6 +72,25 @@ class Settings(BaseSettings):
     )
     log_level: str = "INFO"
     log_json: bool = True
+    log_prompts: bool = Field(
+        False,
+        description="Put a generation's text prompts in its access-log line (off: a log "
+        "never carries what users asked for).",
+    )
+    metrics: bool = Field(
+        True,
+        description="Serve GET /metrics (Prometheus text format, no key) on the server.",
+    )
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A `localstability worker` serves its own /metrics on this port "
+        "(unset: none). Each worker needs a port of its own on its machine.",
+    )
+    worker_metrics_host: str = Field(
+        "127.0.0.1", description="The address a worker's /metrics listens on."
+    )
     bootstrap_key: bool = Field(
         True,
         description="On first start with an empty database, create a user, an organization "

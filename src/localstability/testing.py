@@ -282,6 +282,7 @@ class WorkerProcess:
 
     process: subprocess.Popen[bytes]
     log_path: Path
+    metrics_url: str  # its own /metrics (worker_metrics_port)
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -305,7 +306,10 @@ class WorkerProcess:
 def start_worker(
     config: Path, log_path: Path, env: dict[str, str], *args: str, timeout: float = 120
 ) -> WorkerProcess:
-    """Start `localstability worker --config CONFIG ARGS` and wait until it consumes."""
+    """Start `localstability worker --config CONFIG ARGS` (its metrics on a free loopback
+    port) and wait until it consumes."""
+    port = free_port()
+    env = {**env, "LOCALSTABILITY_WORKER_METRICS_PORT": str(port)}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [*CLI, "worker", "--config", str(config), *args],
@@ -314,7 +318,7 @@ def start_worker(
             env=cli_env(**env),
             start_new_session=True,
         )
-    worker = WorkerProcess(process, log_path)
+    worker = WorkerProcess(process, log_path, f"http://127.0.0.1:{port}/metrics")
     deadline = time.monotonic() + timeout
     # Ours says "worker ready"; Celery's consumer then logs "ready." once it takes messages.
     while "worker ready" not in (logs := worker.logs()) or "ready." not in logs:

@@ -18,6 +18,7 @@ import threading
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
+from localstability import metrics
 from localstability.config import Settings
 from localstability.inference.loader import PipelineCache
 from localstability.jobs.base import JobSpec, queue_lost
@@ -139,6 +140,12 @@ def run_worker(settings: Settings, engines: list[str]) -> None:
         daemon=True,
     )
     beating.start()
+    if settings.worker_metrics_port is not None:
+        metrics.serve(settings.worker_metrics_port, settings.worker_metrics_host)
+        log.info(
+            "metrics served",
+            extra={"host": settings.worker_metrics_host, "port": settings.worker_metrics_port},
+        )
     log.info("worker ready", extra={"engines": engines, "runner": billing.runner})
     try:
         app.Worker(

@@ -14,9 +14,10 @@ from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from localstability import __version__
+from localstability import __version__, metrics
 from localstability.api.errors import install_error_handlers
 from localstability.api.routes import admin, engines, generation, health, jobs, user
+from localstability.api.routes import metrics as metrics_route
 from localstability.context import AppContext
 from localstability.protocol import (
     Error,
@@ -124,10 +125,11 @@ def _ms(seconds: float | None) -> float | None:
 def access_fields(
     scope: Scope, status: int, generation_id: str | None, started: float
 ) -> dict[str, object]:
-    """The access-log line of a request: never its key, nor its prompts."""
+    """The access-log line of a request: never its key, nor its prompts unless the operator
+    asked for them (`log_prompts`)."""
     state = scope.get("state") or {}
     route = scope.get("route")
-    return {
+    fields: dict[str, object] = {
         "method": scope["method"],
         "path": scope["path"],
         "route": getattr(route, "path", None),  # the template, e.g. /v1/generation/{id}
@@ -139,6 +141,9 @@ def access_fields(
         "inference_ms": _ms(state.get("inference_s")),
         "ms": round((time.perf_counter() - started) * 1000, 1),
     }
+    if "prompts" in state:  # only when the operator turned log_prompts on
+        fields["prompts"] = state["prompts"]
+    return fields
 
 
 class RequestLog:
@@ -168,7 +173,11 @@ class RequestLog:
         try:
             await self.app(scope, receive, send_logged)
         finally:
-            log.info("request", extra=access_fields(scope, status, generation_id, started))
+            fields = access_fields(scope, status, generation_id, started)
+            log.info("request", extra=fields)
+            if status:  # 0: the client went away before any answer
+                route = getattr(scope.get("route"), "path", None)
+                metrics.request_answered(scope["method"], route, status)
 
 
 def rest_app(context: AppContext, lifespan: Lifespan) -> FastAPI:
@@ -187,7 +196,7 @@ def rest_app(context: AppContext, lifespan: Lifespan) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     routers = (engines.router, user.router, generation.router, jobs.router, admin.router)
-    for router in (*routers, health.router):
+    for router in (*routers, health.router, metrics_route.router):
         app.include_router(router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
 

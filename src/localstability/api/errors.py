@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
-from localstability import errors
+from localstability import errors, metrics
 from localstability.errors import (
     UNEXPECTED_MESSAGE,
     describe_validation_errors,
@@ -44,6 +44,7 @@ def envelope(
 ) -> JSONResponse:
     """The spec's error body; `id` is unique per occurrence."""
     error_id = error_id or uuid.uuid4().hex
+    metrics.error_answered(name)
     return JSONResponse(
         status_code=status,
         content={"id": error_id, "name": name, "message": message},

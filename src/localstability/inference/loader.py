@@ -7,13 +7,14 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localstability import errors
+from localstability import errors, metrics
 from localstability.config import Settings
 from localstability.engines import Family
 from localstability.inference.control import NO_CONTROL, StepControl
@@ -254,7 +255,10 @@ class PipelineCache:
                 future = self._loading[key] = Future()
                 name = f"load-{source.engine_id}"
                 threading.Thread(
-                    target=self._load, args=(key, load, future), name=name, daemon=True
+                    target=self._load,
+                    args=(source.engine_id, key, load, future),
+                    name=name,
+                    daemon=True,
                 ).start()
         while True:
             control.check()
@@ -264,10 +268,14 @@ class PipelineCache:
                 if future.done():  # the load itself raised it
                     raise
 
-    def _load(self, key: tuple[str, ...], load: Callable[[], Any], future: Future[Any]) -> None:
+    def _load(
+        self, engine_id: str, key: tuple[str, ...], load: Callable[[], Any], future: Future[Any]
+    ) -> None:
         try:
             with _ONE_LOAD:
+                began = time.perf_counter()
                 value = load()
+                metrics.model_loaded(engine_id, time.perf_counter() - began)
         except BaseException as exc:
             with self._lock:
                 del self._loading[key]

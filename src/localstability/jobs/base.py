@@ -43,6 +43,7 @@ class JobSpec:
     cost: int  # micro-credits
     steps: int = 0  # the progress total known before it starts (0: known once it runs)
     summary: dict[str, Any] = field(default_factory=dict)  # what its record keeps
+    submitted_at: float = field(default_factory=time.time)  # wall-clock: admitted
 
     @property
     def key(self) -> GenerationKey:
@@ -64,6 +65,7 @@ class JobSpec:
             "cost": self.cost,
             "steps": self.steps,
             "summary": self.summary,
+            "submitted_at": self.submitted_at,
         }
 
     def to_json(self) -> str:

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from redis.exceptions import RedisError
 
-from localstability import errors
+from localstability import errors, metrics
 from localstability.inference.control import JobCancelled, StepControl
 from localstability.inference.diffusion import GeneratedImage
 from localstability.inference.loader import PipelineCache
@@ -213,6 +213,13 @@ class Batched:
             status, name, message = self.d.ledger.outcome(key)
             self.d.board.move(key, (RUNNING,), status, error_name=name, error=message)
             return "ended while it ran"
+        metrics.generation_made(
+            spec.engine_id,
+            spec.task.value,
+            self.started - spec.submitted_at,
+            self.made - self.started,
+            len(artifacts),
+        )
         put_result(self.d.store, result_prefix(*key), artifacts, self.d.result_ttl_s)
         self._drop_inputs(spec)
         times = {"started": self.started, "made": self.made}

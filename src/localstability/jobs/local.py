@@ -31,7 +31,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
-from localstability import errors
+from localstability import errors, metrics
 from localstability.inference.control import BatchControl, JobCancelled, StepControl
 from localstability.inference.diffusion import GeneratedImage
 from localstability.inference.loader import PipelineCache
@@ -285,11 +285,16 @@ class LocalJobBackend:
         try:
             artifacts = await asyncio.to_thread(to_artifacts, images, job.control.check)
             reasons = [a.finish_reason.value for a in artifacts]
-            await asyncio.to_thread(self.ledger.succeed, job.key, reasons)
+            charged = await asyncio.to_thread(self.ledger.succeed, job.key, reasons)
         except Exception as exc:
             job.settled = False
             await self._failed(job, exc)
             return
+        wait, took = job.timings()
+        if charged and wait is not None and took is not None:
+            metrics.generation_made(
+                job.spec.engine_id, job.spec.task.value, wait, took, len(reasons)
+            )
         prefix = result_prefix(*job.key)
         try:
             await asyncio.to_thread(put_result, self.store, prefix, artifacts, self.result_ttl_s)

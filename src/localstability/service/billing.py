@@ -21,7 +21,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
-from localstability import errors
+from localstability import errors, metrics
 from localstability.config import Settings
 from localstability.jobs.artifacts import INPUT_TTL_S
 from localstability.jobs.base import GenerationKey, JobSpec, worker_lost
@@ -132,14 +132,18 @@ class Billing:
                 for g in ledger.unfinished(session)
                 if self._abandoned(g, runners, dead)
             ]
+            refunded = 0
             for organization_id, generation_id in stale:
-                ledger.finish(
-                    session,
-                    organization_id,
-                    generation_id,
-                    GenerationStatus.FAILED,
-                    error=self.interrupted.message,
-                    error_name=self.interrupted.name,
+                refunded += (
+                    ledger.finish(
+                        session,
+                        organization_id,
+                        generation_id,
+                        GenerationStatus.FAILED,
+                        error=self.interrupted.message,
+                        error_name=self.interrupted.name,
+                    )
+                    or 0
                 )
             if dead and not self.broker_queue:
                 session.execute(delete(Runner).where(Runner.id.in_(dead)))
@@ -152,6 +156,7 @@ class Billing:
                 }
                 if dead - holding:
                     session.execute(delete(Runner).where(Runner.id.in_(dead - holding)))
+        metrics.credits_moved(0, refunded)  # once committed
         if stale:
             log.warning("refunded interrupted generations", extra={"count": len(stale)})
         return stale
@@ -246,12 +251,16 @@ class Billing:
     def succeed(self, generation: GenerationKey, finish_reasons: list[str]) -> bool:
         """Charge it; False when it had ended already (and nothing moved)."""
         with self.database.session.begin() as session:
-            return ledger.finish(
+            charged = ledger.finish(
                 session,
                 *generation,
                 GenerationStatus.SUCCEEDED,
                 finish_reasons=finish_reasons,
             )
+        if charged is None:
+            return False
+        metrics.credits_moved(charged, 0)
+        return True
 
     def end(
         self, generation: GenerationKey, status: GenerationStatus, error: errors.ApiError
@@ -261,7 +270,8 @@ class Billing:
             refunded = ledger.finish(
                 session, *generation, status, error=error.message, error_name=error.name
             )
-        if refunded:
+        if refunded is not None:
+            metrics.credits_moved(0, refunded)
             log.info("generation refunded", extra={"generation": generation[1], "status": status})
 
 

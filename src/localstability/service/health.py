@@ -10,8 +10,9 @@ from sqlalchemy import text
 
 from localstability.config import Settings
 from localstability.jobs.base import JobBackend
-from localstability.protocol import ReadinessBody
+from localstability.protocol import GenerationStatus, ReadinessBody
 from localstability.service.tasks import TaskBuilder, weights_state
+from localstability.store import ledger
 from localstability.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -63,3 +64,18 @@ class HealthService:
             workers=workers,
             engines=states,
         )
+
+    def jobs_by_engine(self) -> dict[str, tuple[int, int]]:
+        """The deployment's generations queued and running, by engine (every enabled
+        engine, and any other that still has some), from the database: every replica and
+        topology counts alike."""
+        with self.database.session() as session:
+            counts = ledger.unfinished_by_engine(session)
+        engines = {e.id for e in self.tasks.engines()} | {engine for engine, _ in counts}
+        return {
+            engine: (
+                counts.get((engine, GenerationStatus.QUEUED), 0),
+                counts.get((engine, GenerationStatus.RUNNING), 0),
+            )
+            for engine in engines
+        }

@@ -198,10 +198,11 @@ def finish(
     finish_reasons: list[str] | None = None,
     error: str | None = None,
     error_name: str | None = None,
-) -> bool:
+) -> int | None:
     """End a generation: charge its hold on success, refund it otherwise.
 
-    Returns False (and moves no credit) when the generation had ended already.
+    Returns the micro-credits charged or refunded (0 when free), or None (and moves no
+    credit) when the generation had ended already.
     """
     if status not in FINISHED:
         raise ValueError(f"{status} is not a final status")
@@ -221,10 +222,10 @@ def finish(
         .returning(Generation.cost)
     ).first()
     if row is None:
-        return False
-    cost = row[0]
+        return None
+    cost: int = row[0]
     if cost <= 0:
-        return True
+        return 0
     if status == GenerationStatus.SUCCEEDED:
         kind, values = EntryKind.CHARGE, {"reserved": Organization.reserved - cost}
     else:
@@ -245,7 +246,7 @@ def finish(
             generation_id=generation_id,
         )
     )
-    return True
+    return cost
 
 
 def unfinished(session: Session) -> list[Generation]:
@@ -257,6 +258,16 @@ def unfinished(session: Session) -> list[Generation]:
             )
         ).all()
     )
+
+
+def unfinished_by_engine(session: Session) -> dict[tuple[str, GenerationStatus], int]:
+    """How many generations are queued and running, by engine and status."""
+    rows = session.execute(
+        select(Generation.engine_id, Generation.status, func.count())
+        .where(Generation.status.in_([GenerationStatus.QUEUED, GenerationStatus.RUNNING]))
+        .group_by(Generation.engine_id, Generation.status)
+    ).all()
+    return {(engine, GenerationStatus(status)): count for engine, status, count in rows}
 
 
 def unclaimed(session: Session, before: datetime) -> list[tuple[str, str]]:

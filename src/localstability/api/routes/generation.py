@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
@@ -36,6 +36,8 @@ from localstability.service.generation import Delivery, Outcome
 from localstability.store.accounts import Principal
 
 router = APIRouter(tags=["v1/generation"])
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -192,10 +194,18 @@ async def text_to_image(
     png = wants_png(accept)
     # An unknown engine, or one that can't do the task, is refused before the body is read.
     engine = context.generation.engine(engine_id, Task.TEXT_TO_IMAGE)
-    body = await parse_json_body(request, TextToImageRequestBody)
+    body = _noted(request, context, await parse_json_body(request, TextToImageRequestBody))
     how = delivery(request, png)
     outcome = await context.generation.text_to_image(principal, engine, body, how)
     return outcome_response(_logged(request, outcome), png, how.respond_async)
+
+
+def _noted(request: Request, context: AppContext, body: BodyT) -> BodyT:
+    """With `log_prompts` on, the access log carries the request's text prompts."""
+    prompts = getattr(body, "text_prompts", None)
+    if context.settings.log_prompts and prompts:
+        request.state.prompts = [{"text": p.text, "weight": p.weight} for p in prompts]
+    return body
 
 
 def _logged(request: Request, outcome: Outcome) -> Outcome:
@@ -221,7 +231,7 @@ async def _multipart_generation(
     # An unknown engine, or one that can't do the task, is refused before the body is read.
     engine = context.generation.engine(engine_id, task)
     form = await read_multipart(request, file_fields, context.settings.max_upload_bytes)
-    body = parse_fields(form, model)
+    body = _noted(request, context, parse_fields(form, model))
     how = delivery(request, png)
     outcome = await generate(principal, engine, body, form.files, how)
     return outcome_response(_logged(request, outcome), png, how.respond_async)
