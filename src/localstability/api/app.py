@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from localstability import __version__
 from localstability.api.errors import install_error_handlers
-from localstability.api.routes import admin, engines, generation, health, jobs, user
+from localstability.api.routes import admin, engines, generation, health, jobs, page, user
 from localstability.context import AppContext
 from localstability.protocol import (
     Error,
@@ -187,7 +187,7 @@ def rest_app(context: AppContext, lifespan: Lifespan) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     routers = (engines.router, user.router, generation.router, jobs.router, admin.router)
-    for router in (*routers, health.router):
+    for router in (*routers, health.router, page.router):  # the last two: not in OpenAPI
         app.include_router(router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
 
