@@ -220,7 +220,8 @@ function fields(task, engineId) {
 
 async function requestBody(task, engineId) {
   const chosen = fields(task, engineId);
-  const textPrompts = prompts();
+  const prompted = task !== UPSCALE || catalogue.engineInfo(engineId).prompts;
+  const textPrompts = prompted ? prompts() : []; // ESRGAN takes none
   if (task === TEXT_TO_IMAGE) return { text_prompts: textPrompts, ...chosen };
   if (!init.chosen) throw new ApiError(0, "no_init_image", "choose an init image first");
   const form = new FormData();
