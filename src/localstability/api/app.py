@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from localstability import __version__, metrics
 from localstability.api.errors import install_error_handlers
-from localstability.api.routes import admin, engines, generation, health, jobs, user
+from localstability.api.routes import admin, engines, generation, health, jobs, page, user
 from localstability.api.routes import metrics as metrics_route
 from localstability.context import AppContext
 from localstability.protocol import (
@@ -196,7 +196,8 @@ def rest_app(context: AppContext, lifespan: Lifespan) -> FastAPI:
     app.state.context = context
     install_error_handlers(app)
     routers = (engines.router, user.router, generation.router, jobs.router, admin.router)
-    for router in (*routers, health.router, metrics_route.router):
+    # The last three (health, metrics, the playground page): not in the OpenAPI document.
+    for router in (*routers, health.router, metrics_route.router, page.router):
         app.include_router(router)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
 
