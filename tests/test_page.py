@@ -6,14 +6,22 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, FilePayload, Page, Request, expect, sync_playwright
+from playwright.sync_api import (
+    Browser,
+    FilePayload,
+    Page,
+    Request,
+    Route,
+    expect,
+    sync_playwright,
+)
 
 from localstability.engines import CATALOGUE, SDXL_V1_SIZES
 from tests.conftest import Server, run_cli
@@ -22,6 +30,9 @@ from tests.helpers import encode, pixels, png_image, sample_picture
 CHROMIUM = Path("/usr/bin/chromium")
 SHAPES = "localstability-shapes-v1"
 ESRGAN = "esrgan-v1-x2plus"
+LATENT_UPSCALER = "stable-diffusion-x4-latent-upscaler"
+SDXL = "stable-diffusion-xl-1024-v1-0"
+SD21 = "stable-diffusion-512-v2-1"
 PROMPT = "#prompts .prompt:first-child .text"
 # How long an expectation may wait for the page: an upper bound for a slow machine, never a
 # measurement (each expectation returns as soon as it holds).
@@ -61,13 +72,18 @@ class Playground:
         return float(self.page.locator("#balance").inner_text().replace(",", ""))
 
 
-def open_playground(browser: Browser, server: Server, key: str | None) -> Playground:
-    """A new browser context (its own localStorage) on GET /, with `key` pasted in."""
+def open_playground(
+    browser: Browser, server: Server, key: str | None, setup: Callable[[Page], Any] | None = None
+) -> Playground:
+    """A new browser context (its own localStorage) on GET /, with `key` pasted in; `setup`
+    sees the page before it loads."""
     context = browser.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900})
     page = context.new_page()
     playground = Playground(page)
     page.on("request", lambda request: playground.requests.append(request))
     page.on("pageerror", lambda error: playground.page_errors.append(str(error)))
+    if setup is not None:
+        setup(page)
     page.goto(server.base_url + "/")
     if key is not None:
         page.fill("#key", key)
@@ -82,6 +98,17 @@ def ready(playground: Playground) -> None:
 
 @pytest.fixture
 def playground(browser: Browser, server: Server, key: str) -> Iterator[Playground]:
+    playground = open_playground(browser, server, key)
+    ready(playground)
+    yield playground
+    playground.page.context.close()
+    assert not playground.page_errors
+
+
+@pytest.fixture(scope="module")
+def shared(browser: Browser, server: Server, key: str) -> Iterator[Playground]:
+    """One page for the tests that only look (and may reload it): no generation, no state
+    left that another test would see."""
     playground = open_playground(browser, server, key)
     ready(playground)
     yield playground
@@ -115,7 +142,7 @@ def test_the_page_and_its_files_are_served_with_security_headers(server: Server)
         scripts = re.findall(r'src="(/playground/[^"]+)"', page.text)
         styles = re.findall(r'href="(/playground/[^"]+)"', page.text)
         assert scripts == ["/playground/playground.js"] and styles
-        for path in ("/", *scripts, *styles, "/playground/api.js", "/playground/stage.js"):
+        for path in ("/", *scripts, *styles, "/playground/api.js", "/playground/engines.js"):
             answer = client.get(path)
             assert answer.status_code == 200, path
             assert "script-src 'self'" in answer.headers["content-security-policy"]
@@ -127,43 +154,108 @@ def test_the_page_and_its_files_are_served_with_security_headers(server: Server)
         assert not [p for p in paths if p == "/" or p.startswith("/playground")]
 
 
+def test_the_engine_table_describes_exactly_the_enabled_engines(server: Server, key: str) -> None:
+    """GET /playground/engines.json (no key): the engines of GET /v1/engines/list, in its
+    order, each with the catalogue's tasks, default size and allowed sizes."""
+    with httpx.Client(base_url=server.base_url) as client:
+        answer = client.get("/playground/engines.json")
+        listed = client.get("/v1/engines/list", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200 and listed.status_code == 200, listed.text
+    assert answer.headers["content-type"] == "application/json"
+    assert "script-src 'self'" in answer.headers["content-security-policy"]
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["cache-control"] == "no-cache"
+    table = answer.json()["engines"]
+    assert [e["id"] for e in table] == [e["id"] for e in listed.json()]
+    for entry in table:
+        spec = CATALOGUE[entry["id"]]
+        assert sorted(entry["tasks"]) == sorted(task.value for task in spec.tasks)
+        assert [tuple(size) for size in entry["sizes"]] == spec.allowed_sizes()
+        default = [spec.default_width, spec.default_height] if entry["sizes"] else None
+        assert entry["default_size"] == default
+        assert entry["takes_prompts"] == spec.takes_prompts
+    by_id = {e["id"]: e for e in table}
+    assert by_id[ESRGAN]["sizes"] == [] and not by_id[ESRGAN]["takes_prompts"]
+    assert by_id[LATENT_UPSCALER]["takes_prompts"]
+    assert by_id[SD21]["default_size"] == [512, 512]
+
+
 # -- the page in the browser -----------------------------------------------------------------
 
 
-def test_the_engine_table_follows_the_servers_size_rules(browser: Browser, server: Server) -> None:
-    """engines.js offers, for each engine, exactly the sizes engines.py accepts (within
-    64..2048), and the tasks and default size of the catalogue."""
-    playground = open_playground(browser, server, None)
-    table = playground.page.evaluate(
-        """async (ids) => {
-            const engines = await import("/playground/engines.js");
-            return Object.fromEntries(ids.map((id) => [
-                id, { info: engines.engineInfo(id), sizes: engines.sizeChoices(id) },
-            ]));
-        }""",
-        list(CATALOGUE),
+# Each engine's menus as the page fills them: for each engine, the width and height chosen
+# when it is picked, then every (width, height) pair offered, width by width.
+READ_SIZE_MENUS = """(engineIds) => {
+    const $ = (id) => document.getElementById(id);
+    const choose = (select, value) => {
+        select.value = String(value);
+        select.dispatchEvent(new Event("change"));
+    };
+    const offered = (select) => [...select.options].map((option) => Number(option.value));
+    return Object.fromEntries(engineIds.map((engineId) => {
+        choose($("engine"), engineId);
+        const chosen = [Number($("width").value), Number($("height").value)];
+        const sizes = offered($("width")).flatMap((width) => {
+            choose($("width"), width);
+            return offered($("height")).map((height) => [width, height]);
+        });
+        return [engineId, { chosen, sizes }];
+    }));
+}"""
+
+
+def test_the_size_menus_offer_the_sizes_the_server_accepts(shared: Playground) -> None:
+    """The width and height menus offer, for each engine, exactly EngineSpec.allowed_sizes
+    (the page keeps no rules of its own), starting at the engine's default size."""
+    page = shared.page
+    engine_ids = page.locator("#engine option").evaluate_all("options => options.map(o => o.value)")
+    menus = page.evaluate(READ_SIZE_MENUS, engine_ids)
+    assert set(menus) >= {SHAPES, SDXL, SD21}
+    for engine_id, menu in menus.items():
+        spec = CATALOGUE[engine_id]
+        assert [tuple(size) for size in menu["sizes"]] == spec.allowed_sizes(), engine_id
+        assert menu["chosen"] == [spec.default_width, spec.default_height], engine_id
+    assert [tuple(size) for size in menus[SDXL]["sizes"]] == sorted(SDXL_V1_SIZES)
+    shapes_sides = range(128, 513, 64)
+    assert menus[SHAPES]["sizes"] == [[w, h] for w in shapes_sides for h in shapes_sides]
+    # Stable Diffusion 2.1 counts pixels: 256x1024 is offered, 448x512 (too few) is not.
+    sd21 = CATALOGUE[SD21]
+    assert [256, 1024] in menus[SD21]["sizes"] and [448, 512] not in menus[SD21]["sizes"]
+    for width, height in menus[SD21]["sizes"]:
+        sd21.check_size(width, height)  # the server's own check: raises if refused
+
+
+def test_an_engine_missing_from_the_table_is_shown_disabled(
+    browser: Browser, server: Server, key: str
+) -> None:
+    """An engine /v1/engines/list gives but engines.json lacks (which a server never
+    answers): the page names it and offers it disabled rather than guess its rules."""
+
+    def without_shapes(route: Route) -> None:
+        answer = route.fetch()
+        table = answer.json()
+        table["engines"] = [e for e in table["engines"] if e["id"] != SHAPES]
+        route.fulfill(response=answer, json=table)
+
+    playground = open_playground(
+        browser,
+        server,
+        key,
+        setup=lambda page: page.route("**/playground/engines.json", without_shapes),
     )
-    sides = range(64, 2049, 64)
-    for engine_id, spec in CATALOGUE.items():
-        info, offered = table[engine_id]["info"], table[engine_id]["sizes"]
-        assert sorted(info["tasks"]) == sorted(task.value for task in spec.tasks), engine_id
-        if spec.size_rule is None:  # the upscalers: no size rule, no sizes offered
-            assert offered == [], engine_id
-            continue
-        assert info["default"] == [spec.default_width, spec.default_height], engine_id
-        accepted = []
-        for width in sides:
-            for height in sides:
-                try:
-                    spec.check_size(width, height)
-                except Exception:
-                    continue
-                accepted.append([width, height])
-        assert offered == accepted, engine_id
-    assert sorted(table["stable-diffusion-xl-1024-v1-0"]["sizes"]) == sorted(
-        [list(size) for size in SDXL_V1_SIZES]
+    page = playground.page
+    expect(page.locator("#error")).to_have_text(
+        re.compile(rf"^engine_not_described: {SHAPES}: not in the server's engine table")
     )
-    playground.page.context.close()
+    shapes = page.locator(f"#engine option[value='{SHAPES}']")
+    expect(shapes).to_be_disabled()
+    expect(shapes).to_have_text(re.compile("not described by the server$"))
+    expect(page.locator("#engine")).not_to_have_value(SHAPES)
+    assert page.locator("#engine").input_value()  # another engine, with its sizes
+    expect(page.locator("#width option").first).to_be_attached()
+    expect(page.locator("#generate")).to_be_enabled()
+    page.context.close()
+    assert not playground.page_errors
 
 
 def test_a_bad_key_shows_the_401_message(browser: Browser, server: Server) -> None:
@@ -176,8 +268,9 @@ def test_a_bad_key_shows_the_401_message(browser: Browser, server: Server) -> No
 
 
 def test_the_key_is_kept_in_the_browser_and_sent_only_as_bearer(
-    playground: Playground, key: str
+    shared: Playground, key: str
 ) -> None:
+    playground = shared
     page = playground.page
     page.reload()
     expect(page.locator("#key")).to_have_value(key)  # from localStorage

@@ -75,6 +75,28 @@ def test_shapes_side_bounds() -> None:
         engine.check_size(576, 128)
 
 
+def test_allowed_sizes_enumerates_what_check_size_accepts() -> None:
+    """Multiples of 64 up to `largest`, widths ascending then heights; none without a rule."""
+    assert get_engine("stable-diffusion-xl-1024-v1-0").allowed_sizes() == sorted(SDXL_V1_SIZES)
+    sides = range(128, 513, 64)
+    shapes = get_engine("localstability-shapes-v1")
+    assert shapes.allowed_sizes() == [(w, h) for w in sides for h in sides]
+    assert shapes.allowed_sizes(largest=256) == [(128, 128), (128, 192), (128, 256),
+                                                 (192, 128), (192, 192), (192, 256),
+                                                 (256, 128), (256, 192), (256, 256)]  # fmt: skip
+    sd21 = get_engine("stable-diffusion-512-v2-1").allowed_sizes()
+    assert all(262_144 <= w * h <= 1_048_576 for w, h in sd21)
+    assert (128, 2048) in sd21 and (2048, 128) in sd21 and (1024, 1024) in sd21
+    assert (448, 512) not in sd21 and (1024, 1088) not in sd21
+    assert len(sd21) == len(set(sd21))
+    assert get_engine("esrgan-v1-x2plus").allowed_sizes() == []
+    assert get_engine("stable-diffusion-x4-latent-upscaler").allowed_sizes() == []
+
+
+def test_only_real_esrgan_takes_no_prompts() -> None:
+    assert [e.id for e in CATALOGUE.values() if not e.takes_prompts] == ["esrgan-v1-x2plus"]
+
+
 def _raises(check: object, width: int, height: int) -> bool:
     try:
         check(width, height)  # type: ignore[operator]

@@ -45,6 +45,9 @@ SDXL_V1_SIZES: tuple[tuple[int, int], ...] = (
 
 SizeRule = Callable[[str, int, int], None]
 
+# Sizes are multiples of this (the spec's "increments of 64"); allowed_sizes steps by it.
+SIZE_STEP = 64
+
 UPSCALE_MAX_PIXELS = 4_194_304
 
 
@@ -74,7 +77,7 @@ def upscale_size(
 
 
 def _check_increments(width: int, height: int) -> None:
-    if width % 64 or height % 64 or width < 128 or height < 128:
+    if width % SIZE_STEP or height % SIZE_STEP or width < 128 or height < 128:
         raise errors.InvalidHeightOrWidth(
             "Height and width must be specified in increments of 64 and be at least 128, "
             f"but we received {width}x{height}"
@@ -172,6 +175,30 @@ class EngineSpec:
         """Raise the spec's size error when width x height is not allowed for this engine."""
         if self.size_rule is not None:
             self.size_rule(self.id, width, height)
+
+    def allowed_sizes(self, largest: int = 2048) -> list[tuple[int, int]]:
+        """Every width x height that check_size accepts with both sides multiples of 64 up to
+        `largest`, widths ascending, then heights. `largest` bounds the rules that have no
+        bound of their own (SD 2.1's pixel count would allow 128x8192). None for an engine
+        without a size rule: an upscaler's output size follows its input."""
+        if self.size_rule is None:
+            return []
+        sides = range(SIZE_STEP, largest + 1, SIZE_STEP)
+        return [(width, height) for width in sides for height in sides if self._fits(width, height)]
+
+    def _fits(self, width: int, height: int) -> bool:
+        try:
+            self.check_size(width, height)
+        except errors.BadRequest:
+            return False
+        return True
+
+    @property
+    def takes_prompts(self) -> bool:
+        """Whether its requests read text prompts, steps and cfg_scale: every diffusion model,
+        the latent upscaler included (service/tasks.py runs it with them), but not Real-ESRGAN,
+        a plain super-resolution network that only takes the image and a size."""
+        return self.family != Family.ESRGAN
 
 
 CATALOGUE: dict[str, EngineSpec] = {

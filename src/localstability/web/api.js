@@ -33,12 +33,25 @@ async function failure(response) {
   return new ApiError(response.status, `http_${response.status}`, text.slice(0, 300));
 }
 
+// fetch(path, init), its failures thrown as ApiErrors: no answer, or an error envelope.
+export async function send(path, init = {}) {
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, "network_error", `the server could not be reached (${error.message})`);
+  }
+  if (!response.ok) throw await failure(response);
+  return response;
+}
+
 export class Client {
   constructor(key) {
     this.key = key;
   }
 
-  async request(method, path, { json, form, headers = {}, signal } = {}) {
+  request(method, path, { json, form, headers = {}, signal } = {}) {
     const init = { method, signal, headers: { Authorization: `Bearer ${this.key}`, ...headers } };
     if (json !== undefined) {
       init.headers["Content-Type"] = "application/json";
@@ -46,15 +59,7 @@ export class Client {
     } else if (form !== undefined) {
       init.body = form; // the browser writes the multipart boundary
     }
-    let response;
-    try {
-      response = await fetch(path, init);
-    } catch (error) {
-      if (error.name === "AbortError") throw error;
-      throw new ApiError(0, "network_error", `the server could not be reached (${error.message})`);
-    }
-    if (!response.ok) throw await failure(response);
-    return response;
+    return send(path, init);
   }
 
   async json(method, path, options) {

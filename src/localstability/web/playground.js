@@ -34,13 +34,20 @@ function connect() {
   refreshBalance();
 }
 
+// The engines the key may use, with the server's table of their tasks and sizes.
 async function loadEngines() {
   const client = state.client;
   try {
-    const list = await client.engines();
+    const [list] = await Promise.all([client.engines(), catalogue.load()]);
     if (client !== state.client) return; // the key changed meanwhile
     state.engines = list;
     fillEngines();
+    const undescribed = list.map((engine) => engine.id).filter((id) => !catalogue.described(id));
+    if (undescribed.length) {
+      const message = `${undescribed.join(", ")}: not in the server's engine table, so the page `
+        + "can't tell its tasks or sizes (reload the page)";
+      showError(new ApiError(0, "engine_not_described", message));
+    }
   } catch (error) {
     showError(error);
   }
@@ -60,17 +67,29 @@ async function refreshBalance() {
 
 // -- the form --------------------------------------------------------------------------------
 
+// The engines that serve the task; one the server's table lacks is shown, disabled.
 function fillEngines() {
   const select = $("engine");
   const task = $("task").value;
   const previous = select.value;
   select.replaceChildren(
     ...state.engines
-      .filter((engine) => catalogue.serves(engine.id, task))
-      .map((engine) => new Option(`${engine.name} (${engine.id})`, engine.id)),
+      .filter((engine) => catalogue.serves(engine.id, task) || !catalogue.described(engine.id))
+      .map(engineOption),
   );
-  if ([...select.options].some((option) => option.value === previous)) select.value = previous;
+  const usable = [...select.options].filter((option) => !option.disabled);
+  const kept = usable.find((option) => option.value === previous) ?? usable[0];
+  select.value = kept?.value ?? "";
   engineChanged();
+}
+
+function engineOption(engine) {
+  const option = new Option(`${engine.name} (${engine.id})`, engine.id);
+  if (!catalogue.described(engine.id)) {
+    option.disabled = true;
+    option.text += ": not described by the server";
+  }
+  return option;
 }
 
 function engineChanged() {
@@ -83,7 +102,7 @@ function engineChanged() {
 // chosen before where the new width allows it.
 function fillSizes(engineDefault = false) {
   const engineId = $("engine").value;
-  const [defaultWidth, defaultHeight] = catalogue.engineInfo(engineId).default ?? [0, 0];
+  const [defaultWidth, defaultHeight] = catalogue.defaultSize(engineId) ?? [0, 0];
   const widths = engineId ? catalogue.widths(engineId) : []; // none before the engines are in
   const width = pick(widths, engineDefault ? defaultWidth : Number($("width").value), defaultWidth);
   fillNumbers($("width"), widths, width);
@@ -106,7 +125,7 @@ function fillNumbers(select, values, chosen) {
 
 function showSections() {
   const task = $("task").value;
-  const prompted = task !== UPSCALE || Boolean(catalogue.engineInfo($("engine").value).prompts);
+  const prompted = task !== UPSCALE || catalogue.takesPrompts($("engine").value);
   const shown = {
     prompts: prompted,
     steps: prompted,
@@ -198,7 +217,7 @@ function fields(task, engineId) {
   };
   if (task === UPSCALE) {
     put("width", value("upscale-width"));
-    if (!catalogue.engineInfo(engineId).prompts) return chosen;
+    if (!catalogue.takesPrompts(engineId)) return chosen;
   } else {
     if (task === TEXT_TO_IMAGE) {
       put("width", value("width"));
@@ -220,7 +239,7 @@ function fields(task, engineId) {
 
 async function requestBody(task, engineId) {
   const chosen = fields(task, engineId);
-  const prompted = task !== UPSCALE || catalogue.engineInfo(engineId).prompts;
+  const prompted = task !== UPSCALE || catalogue.takesPrompts(engineId);
   const textPrompts = prompted ? prompts() : []; // ESRGAN takes none
   if (task === TEXT_TO_IMAGE) return { text_prompts: textPrompts, ...chosen };
   if (!init.chosen) throw new ApiError(0, "no_init_image", "choose an init image first");
@@ -388,6 +407,7 @@ function start() {
   $("cancel").addEventListener("click", cancel);
   painter.brush = Number($("brush").value);
   showSections();
+  catalogue.load().catch(showError); // the engine table, once (connect waits for it)
   loadSchema();
   const saved = localStorage.getItem(KEY_STORAGE);
   if (saved) {

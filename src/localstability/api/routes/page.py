@@ -1,19 +1,30 @@
-"""The playground (a front door of its own): GET / answers a web page, and /playground/<file>
-its script, style and engine table, all files shipped in the package (src/localstability/web).
+"""The playground (a front door of its own): GET / answers a web page, /playground/<file> its
+scripts and style, all files shipped in the package (src/localstability/web), and
+/playground/engines.json what the page needs to know of each enabled engine.
 
 The page is a client of the public REST API only: it calls the same /v1 endpoints as every
 other client, with the key its user pastes (docs/playground.md). So the server side is just
-these files: no key, no service, and nothing in the OpenAPI document.
+these files and the engine table: no service, and nothing in the OpenAPI document.
+
+The engine table is built from the server's own rules (engines.py: tasks, default size,
+EngineSpec.allowed_sizes, takes_prompts), so the page keeps no copy of them and follows an
+engine the configuration adds. It needs no key, as the page fetches it before one is pasted:
+it tells nothing a key would protect. Its ids are those of GET /readyz (also keyless), its
+sizes and tasks the rules docs/api.md publishes; names and descriptions stay behind the key
+(GET /v1/engines/list).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from localstability import errors
+from localstability.api.deps import Context
+from localstability.engines import EngineSpec, Task
 
 WEB = Path(__file__).resolve().parents[2] / "web"
 
@@ -58,6 +69,26 @@ router = APIRouter(include_in_schema=False)
 def playground() -> FileResponse:
     """The playground page."""
     return FileResponse(WEB / "index.html", media_type="text/html", headers=HEADERS)
+
+
+# Declared before /playground/{name}, which would otherwise take the name.
+@router.get("/playground/engines.json")
+def playground_engines(context: Context) -> JSONResponse:
+    """The enabled engines, as the page needs them (docs/playground.md)."""
+    engines = [_described(spec) for spec in context.generation.engines()]
+    return JSONResponse({"engines": engines}, headers=HEADERS)
+
+
+def _described(spec: EngineSpec) -> dict[str, Any]:
+    """One engine: its tasks, and where it has a size rule its default and allowed sizes."""
+    sizes = spec.allowed_sizes()
+    return {
+        "id": spec.id,
+        "tasks": [task.value for task in Task if task in spec.tasks],
+        "default_size": [spec.default_width, spec.default_height] if sizes else None,
+        "sizes": [list(size) for size in sizes],
+        "takes_prompts": spec.takes_prompts,
+    }
 
 
 @router.get("/playground/{name}")
