@@ -13,7 +13,7 @@ BENCH_ARGS ?=
 # e.g. SHAPES_ARGS="--device cuda" or --resume
 SHAPES_ARGS ?=
 
-.PHONY: serve test venv clients services browser lint bench shapes
+.PHONY: serve test venv clients services lint bench shapes
 
 $(STAMP): pyproject.toml
 	@echo "setting up $(VENV) (torch first, then the package; a few minutes on a new machine)"
@@ -35,17 +35,13 @@ clients:
 services:
 	@bash scripts/setup-services.sh
 
-# Debian's chromium, which tests/test_page.py drives with Playwright (no browser download).
-browser:
-	@bash scripts/setup-browser.sh
-
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: venv clients services browser lint
+test: venv clients services lint
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Every benchmark in bench/ one after another (python -m bench; about half an hour on 2 cores):

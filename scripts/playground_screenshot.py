@@ -1,5 +1,5 @@
 """Take docs/images/playground.png: the playground page after a generation by the shipped
-shapes model, in Debian's headless chromium (scripts/setup-browser.sh).
+shapes model, in Debian's headless chromium (scripts/setup-services.sh).
 
 Run once by hand, from the repository root, when the page changes:
 

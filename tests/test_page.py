@@ -44,7 +44,7 @@ def browser() -> Iterator[Browser]:
     """One headless Chromium for the module. Missing is a failure, not a skip."""
     if not CHROMIUM.exists():
         pytest.fail(
-            f"{CHROMIUM} is missing: `make browser` (scripts/setup-browser.sh) installs "
+            f"{CHROMIUM} is missing: `make services` (scripts/setup-services.sh) installs "
             "Debian's chromium, which these tests drive"
         )
     with sync_playwright() as playwright:
