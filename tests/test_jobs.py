@@ -109,11 +109,9 @@ def test_sync_answers_carry_the_id_and_get_replays_them(any_server: Server) -> N
 
 
 def _new_key(server: Server, email: str) -> str:
-    from tests.conftest import run_cli
+    from tests.conftest import admin_cli
 
-    return run_cli(
-        "keys", "create", "--email", email, "--config", str(server.config), env=server.env
-    ).stdout.strip()
+    return admin_cli(server.env, "keys", "create", "--email", email, "--config", str(server.config))
 
 
 def test_async_mode_polls_to_the_same_images_and_streams_progress(any_server: Server) -> None:
