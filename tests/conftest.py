@@ -276,11 +276,24 @@ def mcp_deployment(
     )
 
 
+@pytest.fixture(scope="session")
+def sqlite_deployment(
+    request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Deployment:
+    """The billed deployment on SQLite, started once: `deployment`'s SQLite case, and the
+    server of the job and batching tests (each of their keys is an organization of its own,
+    and each test waits until its generations end)."""
+    return start_deployment(tiny_dir, tmp_path_factory.mktemp("deploy_sqlite"), "sqlite", request)
+
+
 @pytest.fixture(scope="session", params=DATABASES)
 def deployment(
     request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Deployment:
     """A billed deployment, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        shared: Deployment = request.getfixturevalue("sqlite_deployment")
+        return shared
     directory = tmp_path_factory.mktemp(f"deploy_{request.param}")
     return start_deployment(tiny_dir, directory, request.param, request)
 

@@ -25,10 +25,10 @@ SLOW = t2i_body(steps=50, samples=2)  # tiny SDXL at 1024x1024: several seconds
 
 
 @pytest.fixture(scope="module")
-def jobs(
-    tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Deployment:
-    return start_deployment(tiny_dir, tmp_path_factory.mktemp("jobs"), "sqlite", request)
+def jobs(sqlite_deployment: Deployment) -> Deployment:
+    """The session's billed SQLite deployment (the same settings a server of this module's own
+    had): the in-process backend through HTTP."""
+    return sqlite_deployment
 
 
 @pytest.fixture(params=TOPOLOGIES)
