@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -361,10 +362,22 @@ def cluster(
     replicas: list[ServerProcess] = []
     workers: list[WorkerProcess] = []
     try:
+        # Replica A first (it migrates the new database); then the other three start side by
+        # side, each waited for as before (on 2 cores the workers' imports overlap).
         replicas.append(start_server(config, directory / "replica-a.log", env=env))
-        replicas.append(start_server(config, directory / "replica-b.log", env=env))
-        workers.append(start_worker(config, directory / "worker-1.log", env))
-        workers.append(start_worker(config, directory / "worker-2.log", env))
+        with ThreadPoolExecutor(3) as pool:
+            b = pool.submit(start_server, config, directory / "replica-b.log", env=env)
+            started = [
+                pool.submit(start_worker, config, directory / f"worker-{n}.log", env)
+                for n in (1, 2)
+            ]
+        # Every start is over: what came up is kept (and stopped below); then any failure.
+        if b.exception() is None:
+            replicas.append(b.result())
+        workers.extend(future.result() for future in started if future.exception() is None)
+        b.result()
+        for future in started:
+            future.result()
         deployment = Deployment(replicas[0], env, config)
         yield Cluster(replicas, workers, deployment, config, env, directory)
     finally:
