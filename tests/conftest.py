@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 from localstability.testing import (
+    OFFLINE_ENV,
     PostgresServer,
     RedisServer,
     ServerProcess,
@@ -27,6 +30,28 @@ REPO = Path(__file__).resolve().parents[1]
 Server = ServerProcess
 
 __all__ = ["REPO", "Server", "run_cli"]
+
+
+def admin_cli(env: dict[str, str], *args: str) -> str:
+    """`localstability ARGS` run in this process with `env`'s settings (and no other
+    LOCALSTABILITY_* variable, offline, as `run_cli` gives a subprocess): the command's own
+    Typer app, argument parsing and output, without starting an interpreter that imports
+    SQLAlchemy and Alembic each time (about 1.5 s of CPU a call). Its output, stripped.
+
+    The tests that are about the command itself (test_cli.py) still run it as a process."""
+    from typer.testing import CliRunner
+
+    from localstability.cli import app
+
+    unset: dict[str, str | None] = dict.fromkeys(
+        (name for name in os.environ if name.startswith("LOCALSTABILITY_")), None
+    )
+    result = CliRunner().invoke(
+        app, list(args), env={**unset, **OFFLINE_ENV, **env}, catch_exceptions=False
+    )
+    if result.exit_code != 0:
+        raise RuntimeError(f"localstability {' '.join(args)} failed:\n{result.stderr}")
+    return result.stdout.strip()
 
 
 @pytest.fixture(scope="session")
@@ -139,7 +164,7 @@ class Deployment:
     config: Path
 
     def admin(self, *args: str) -> str:
-        return run_cli(*args, "--config", str(self.config), env=self.env).stdout.strip()
+        return admin_cli(self.env, *args, "--config", str(self.config))
 
     def admin_json(self, *args: str) -> Any:
         return json.loads(self.admin(*args, "--json"))
@@ -252,11 +277,24 @@ def mcp_deployment(
     )
 
 
+@pytest.fixture(scope="session")
+def sqlite_deployment(
+    request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Deployment:
+    """The billed deployment on SQLite, started once: `deployment`'s SQLite case, and the
+    server of the job and batching tests (each of their keys is an organization of its own,
+    and each test waits until its generations end)."""
+    return start_deployment(tiny_dir, tmp_path_factory.mktemp("deploy_sqlite"), "sqlite", request)
+
+
 @pytest.fixture(scope="session", params=DATABASES)
 def deployment(
     request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Deployment:
     """A billed deployment, once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        shared: Deployment = request.getfixturevalue("sqlite_deployment")
+        return shared
     directory = tmp_path_factory.mktemp(f"deploy_{request.param}")
     return start_deployment(tiny_dir, directory, request.param, request)
 
@@ -324,10 +362,22 @@ def cluster(
     replicas: list[ServerProcess] = []
     workers: list[WorkerProcess] = []
     try:
+        # Replica A first (it migrates the new database); then the other three start side by
+        # side, each waited for as before (on 2 cores the workers' imports overlap).
         replicas.append(start_server(config, directory / "replica-a.log", env=env))
-        replicas.append(start_server(config, directory / "replica-b.log", env=env))
-        workers.append(start_worker(config, directory / "worker-1.log", env))
-        workers.append(start_worker(config, directory / "worker-2.log", env))
+        with ThreadPoolExecutor(3) as pool:
+            b = pool.submit(start_server, config, directory / "replica-b.log", env=env)
+            started = [
+                pool.submit(start_worker, config, directory / f"worker-{n}.log", env)
+                for n in (1, 2)
+            ]
+        # Every start is over: what came up is kept (and stopped below); then any failure.
+        if b.exception() is None:
+            replicas.append(b.result())
+        workers.extend(future.result() for future in started if future.exception() is None)
+        b.result()
+        for future in started:
+            future.result()
         deployment = Deployment(replicas[0], env, config)
         yield Cluster(replicas, workers, deployment, config, env, directory)
     finally:

@@ -37,10 +37,10 @@ T2I = f"{SD1}/text-to-image"
 
 
 @pytest.fixture(scope="module")
-def batching(
-    tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Deployment:
-    return start_deployment(tiny_dir, tmp_path_factory.mktemp("batching"), "sqlite", request)
+def batching(sqlite_deployment: Deployment) -> Deployment:
+    """The session's billed SQLite deployment (the same settings a server of this module's own
+    had; batching is on by default)."""
+    return sqlite_deployment
 
 
 def assert_matches_solo(batched: httpx.Response, solo: httpx.Response) -> None:

@@ -25,10 +25,10 @@ SLOW = t2i_body(steps=50, samples=2)  # tiny SDXL at 1024x1024: several seconds
 
 
 @pytest.fixture(scope="module")
-def jobs(
-    tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> Deployment:
-    return start_deployment(tiny_dir, tmp_path_factory.mktemp("jobs"), "sqlite", request)
+def jobs(sqlite_deployment: Deployment) -> Deployment:
+    """The session's billed SQLite deployment (the same settings a server of this module's own
+    had): the in-process backend through HTTP."""
+    return sqlite_deployment
 
 
 @pytest.fixture(params=TOPOLOGIES)
@@ -52,14 +52,46 @@ def wait_for(
     every_s: float = 0.05,
     within_s: float = 120,
 ) -> httpx.Response:
-    """Poll GET /v1/generation/{id} every `every_s` until `done` says so."""
+    """GET /v1/generation/{id} until `done` says so of the answer.
+
+    While the generation is queued or running, its event stream says when to look again:
+    each status event (every step and change, then its end) is put to `done` as the 202 a GET
+    would answer, and once it says so (or the stream ends) a real GET is asked. So the server's
+    cores run the generation instead of answering a poll every 50 ms (and the key stays under
+    its rate limit). Without a stream to follow (no such generation yet, or it has ended):
+    a GET every `every_s`."""
+    path = f"/v1/generation/{generation_id}"
     deadline = time.monotonic() + within_s
     while True:
-        response = client.get(f"/v1/generation/{generation_id}")
+        response = client.get(path)
         if done(response):
             return response
         assert time.monotonic() < deadline, response.text
+        if response.status_code == 202:
+            _follow_events(client, path, done, deadline, every_s)
+            continue  # a GET now: the event said so, or the stream ended
         time.sleep(every_s)
+
+
+def _follow_events(
+    client: httpx.Client,
+    path: str,
+    done: Callable[[httpx.Response], bool],
+    deadline: float,
+    every_s: float,
+) -> None:
+    """Read the generation's status events until one, as a 202 answer, satisfies `done`, or
+    the stream ends (at once, after `every_s`, if there is no stream)."""
+    with client.stream("GET", f"{path}/events") as events:
+        if events.status_code != 200:
+            time.sleep(every_s)
+            return
+        for line in events.iter_lines():
+            assert time.monotonic() < deadline, line
+            if line.startswith("data:"):
+                view = json.loads(line.removeprefix("data:"))
+                if done(httpx.Response(202, json=view)):
+                    return
 
 
 def running_at_step(step: int) -> Callable[[httpx.Response], bool]:
@@ -109,11 +141,9 @@ def test_sync_answers_carry_the_id_and_get_replays_them(any_server: Server) -> N
 
 
 def _new_key(server: Server, email: str) -> str:
-    from tests.conftest import run_cli
+    from tests.conftest import admin_cli
 
-    return run_cli(
-        "keys", "create", "--email", email, "--config", str(server.config), env=server.env
-    ).stdout.strip()
+    return admin_cli(server.env, "keys", "create", "--email", email, "--config", str(server.config))
 
 
 def test_async_mode_polls_to_the_same_images_and_streams_progress(any_server: Server) -> None:

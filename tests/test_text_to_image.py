@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 
 from tests.conftest import Server
 from tests.helpers import artifact_image, pixels, png_image, t2i_body
+from tests.test_jobs import running_at_step, wait_for
 
 SD1 = "/v1/generation/stable-diffusion-v1-6/text-to-image"
 SD2 = "/v1/generation/stable-diffusion-512-v2-1/text-to-image"
@@ -222,8 +222,9 @@ def test_event_loop_serves_while_a_generation_runs(server: Server) -> None:
     worker = threading.Thread(target=long_generation)
     worker.start()
     try:
-        time.sleep(1.0)  # let the generation be admitted and start denoising
         with server.client() as http:
+            # Until the generation is admitted and denoising (its first step done).
+            wait_for(http, generation_id, lambda r: r.status_code != 404 and running_at_step(1)(r))
             answered = [
                 http.get("/v1/engines/list").status_code,
                 http.get("/v1/user/balance").status_code,
