@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from localstability import errors
 from localstability.config import Settings, load_settings
@@ -33,10 +33,29 @@ RoleOption = Annotated[str, typer.Option(help="OWNER, ADMIN or MEMBER.")]
 
 
 def settings_of(config: Path | None) -> Settings:
+    """The settings, or a short message and exit status 2 when a value is wrong."""
     try:
         return load_settings(config)
     except FileNotFoundError as exc:
         raise typer.BadParameter(f"no such configuration file: {exc.filename}") from None
+    except ValidationError as exc:
+        typer.echo(f"configuration: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def served_settings(config: Path | None) -> Settings:
+    """The settings of a process that serves engines (`serve`, `worker`), its engines
+    checked first: an engine of the operator's own whose model family can't be told is a
+    short message and exit status 2, not a traceback at start."""
+    from localstability.service.tasks import deployment_catalogue
+
+    settings = settings_of(config)
+    try:
+        deployment_catalogue(settings)
+    except ValueError as exc:
+        typer.echo(f"configuration: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return settings
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from localstability.admin import (
     ledger_app,
     orgs_app,
     print_rows,
+    served_settings,
     settings_of,
     users_app,
 )
@@ -47,7 +48,7 @@ def serve(
     from localstability.logs import configure_logging
     from localstability.serving import run
 
-    settings = settings_of(config)
+    settings = served_settings(config)
     if backend is not None:
         if backend not in ("local", "celery"):
             typer.echo(f"--backend must be local or celery, not {backend}", err=True)
@@ -73,7 +74,7 @@ def worker(
     from localstability.logs import configure_logging
     from localstability.worker import run_worker, worker_engines
 
-    settings = settings_of(config)
+    settings = served_settings(config)
     configure_logging(settings.log_level, settings.log_json)
     if not settings.redis_url:
         typer.echo("redis_url is not set: the broker the worker takes jobs from", err=True)
@@ -208,13 +209,17 @@ def keys_revoke(
 @models_app.command("list")
 def models_list(config: ConfigOption = None) -> None:
     """Each engine, where its weights come from, and whether they are on this machine."""
-    from localstability.engines import CATALOGUE
-    from localstability.service.tasks import weight_source, weights_state
+    from localstability.service.tasks import deployment_catalogue, weight_source, weights_state
 
     settings = settings_of(config)
+    try:
+        catalogue = deployment_catalogue(settings)
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"{'ENGINE':38} {'FAMILY':16} {'STATE':16} WEIGHTS")
     fallbacks = False
-    for engine in CATALOGUE.values():
+    for engine in catalogue.values():
         engine_config = settings.engine_config(engine.id)
         source = weight_source(settings, engine)
         where = f"{source.kind}:{source.source}"
@@ -247,11 +252,11 @@ def models_pull(
     from localstability import errors
     from localstability.engines import get_engine
     from localstability.inference.loader import download
-    from localstability.service.tasks import fallback_source, weight_source
+    from localstability.service.tasks import deployment_catalogue, fallback_source, weight_source
 
     settings = settings_of(config)
     try:
-        engine = get_engine(engine_id)
+        engine = get_engine(engine_id, deployment_catalogue(settings))
         source = weight_source(settings, engine)
         models_dir = settings.data_dir / "models"
         try:
@@ -265,6 +270,9 @@ def models_pull(
     except errors.ApiError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(1) from None
+    except ValueError as exc:  # an engine of the operator's own whose family is unknown
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"{engine_id}: ready at {path}")
 
 

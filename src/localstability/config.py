@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from localstability.engines import CATALOGUE, ENGINE_ID, Family
+
 CONFIG_ENV = "LOCALSTABILITY_CONFIG"
 
 
@@ -39,6 +41,16 @@ class EngineConfig(BaseModel):
         "masking uses the engine's own weights.",
     )
     label: str | None = Field(None, description="A note shown by `models list`.")
+    family: Family | None = Field(
+        None,
+        description="An engine of your own: the model family of its weights (sd1, sd2, sdxl, "
+        "esrgan, latent-upscaler). Unset: detected from the weights (a diffusers folder, a "
+        "single .safetensors file, or a Hub repo already in the cache).",
+    )
+    name: str | None = Field(None, description="The name /v1/engines/list gives the engine.")
+    description: str | None = Field(
+        None, description="The description /v1/engines/list gives the engine."
+    )
     batch_max_images: int | None = Field(
         None,
         ge=1,
@@ -227,6 +239,26 @@ class Settings(BaseSettings):
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @field_validator("engines")
+    @classmethod
+    def _engine_ids(cls, engines: dict[str, EngineConfig]) -> dict[str, EngineConfig]:
+        for engine_id, engine in engines.items():
+            if not ENGINE_ID.fullmatch(engine_id):
+                raise ValueError(
+                    f"engine id {engine_id!r}: lowercase letters and digits, then also '.', "
+                    "'_' and '-', at most 64 characters (it is a segment of the URL path)"
+                )
+            if engine_id not in CATALOGUE and not engine.source:
+                raise ValueError(
+                    f"engine {engine_id} is not in the catalogue: an engine of your own needs "
+                    "a source (a Hub repo id, a diffusers folder or a .safetensors file)"
+                )
+        return engines
+
+    def custom_engines(self) -> dict[str, EngineConfig]:
+        """The operator's own engines (ids not in the catalogue), in the file's order."""
+        return {i: e for i, e in self.engines.items() if i not in CATALOGUE}
 
     @property
     def visibility_timeout_s(self) -> float:

@@ -5,8 +5,9 @@ The dimension rules of the spec (section 5) live here, once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -284,9 +285,44 @@ CATALOGUE: dict[str, EngineSpec] = {
 }
 
 
-def get_engine(engine_id: str) -> EngineSpec:
-    """The catalogue entry for engine_id, or the spec's 404 not_found."""
+# An engine id is one path segment of /v1/generation/{engine_id}/...: lowercase letters and
+# digits, then also '.', '_' and '-', at most 64 characters (every catalogue id is one).
+ENGINE_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+# An operator's own engine takes its family's rules (tasks, sizes, default size, price,
+# batching) from the catalogue engine that serves that family.
+FAMILY_TEMPLATES: dict[Family, str] = {
+    Family.SD1: "stable-diffusion-v1-6",
+    Family.SD2: "stable-diffusion-512-v2-1",
+    Family.SDXL: "stable-diffusion-xl-1024-v1-0",
+    Family.ESRGAN: "esrgan-v1-x2plus",
+    Family.LATENT_UPSCALER: "stable-diffusion-x4-latent-upscaler",
+}
+
+
+def custom_engine(
+    engine_id: str,
+    family: Family,
+    source: str,
+    name: str | None = None,
+    description: str | None = None,
+) -> EngineSpec:
+    """An engine of the operator's own: `family`'s rules, its own id, weights and words."""
+    template = CATALOGUE[FAMILY_TEMPLATES[family]]
+    return replace(
+        template,
+        id=engine_id,
+        name=name or engine_id,
+        description=description or f"{engine_id}: {family.value} weights served by this server",
+        default_source=source,
+        fallback_source=None,
+    )
+
+
+def get_engine(engine_id: str, catalogue: dict[str, EngineSpec] | None = None) -> EngineSpec:
+    """The entry for engine_id (in `catalogue`, default the built-in one), or the spec's
+    404 not_found."""
     try:
-        return CATALOGUE[engine_id]
+        return (CATALOGUE if catalogue is None else catalogue)[engine_id]
     except KeyError:
         raise errors.NotFound(f"The specified engine (ID {engine_id}) was not found.") from None

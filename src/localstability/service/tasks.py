@@ -5,19 +5,28 @@ progress total and its price."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from PIL import Image as PILImage
 
 from localstability import errors
 from localstability.config import Settings
-from localstability.engines import CATALOGUE, EngineSpec, Family, Task, get_engine, upscale_size
+from localstability.engines import (
+    CATALOGUE,
+    EngineSpec,
+    Family,
+    Task,
+    custom_engine,
+    get_engine,
+    upscale_size,
+)
 from localstability.inference.diffusion import steps_run
 from localstability.inference.families import adapter_for
 from localstability.inference.loader import WeightSource
 from localstability.inference.prompts import WeightedPrompt
 from localstability.inference.tasks import IMAGE, INIT_IMAGE, MASK, TaskRun, png
+from localstability.inference.weights import detect_family
 from localstability.protocol import (
     GenerationRequestOptionalParams,
     ImageToImageRequestBody,
@@ -89,19 +98,47 @@ class Work:
     steps: int  # the progress total known before it starts
 
 
+def deployment_catalogue(settings: Settings) -> dict[str, EngineSpec]:
+    """The catalogue's engines (with the names and descriptions the operator gave them), then
+    the operator's own engines: each with its family's rules, the family named in its
+    configuration or read from its weights (ValueError when neither says)."""
+    catalogue: dict[str, EngineSpec] = {}
+    for engine in CATALOGUE.values():
+        config = settings.engine_config(engine.id)
+        catalogue[engine.id] = replace(
+            engine,
+            name=config.name or engine.name,
+            description=config.description or engine.description,
+        )
+    for engine_id, config in settings.custom_engines().items():
+        source = str(config.source)
+        family = config.family or detect_family(source)
+        if family is None:
+            families = ", ".join(f.value for f in Family)
+            raise ValueError(
+                f"engine {engine_id}: its weights ({source}) don't say which model family they "
+                f"are (or are not on this machine); set its family, one of {families}"
+            )
+        catalogue[engine_id] = custom_engine(
+            engine_id, family, source, config.name, config.description
+        )
+    return catalogue
+
+
 class TaskBuilder:
     """The engines a deployment serves, and the work each kind of request makes."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.catalogue = deployment_catalogue(settings)
 
     def engines(self) -> list[EngineSpec]:
-        """The engines this deployment serves, in catalogue order."""
-        return [e for e in CATALOGUE.values() if self.settings.engine_config(e.id).enabled]
+        """The engines this deployment serves: the catalogue's, then the operator's own."""
+        return [e for e in self.catalogue.values() if self.settings.engine_config(e.id).enabled]
 
     def engine(self, engine_id: str, task: Task | None = None) -> EngineSpec:
         """The enabled engine `engine_id` (404 otherwise), checked to support `task`."""
-        engine = get_engine(engine_id)
+        engine = get_engine(engine_id, self.catalogue)
         if not self.settings.engine_config(engine_id).enabled:
             raise errors.NotFound(f"The specified engine (ID {engine_id}) was not found.")
         if task is not None and task not in engine.tasks:

@@ -1,0 +1,144 @@
+"""Engines of the operator's own, from configuration: an id of their own, weights from a
+folder, a file or the Hub, the family named or read from the weights, the family's rules."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from safetensors.torch import save_file
+
+from localstability.app import create_app
+from localstability.config import EngineConfig, Settings
+from localstability.engines import CATALOGUE, Family
+from localstability.inference.weights import detect_family
+from localstability.testing import run_cli
+from tests.helpers import t2i_body
+from tests.test_accounts_engines import assert_envelope
+
+MINE = "my-brand-sd1.5"
+
+
+@pytest.mark.parametrize(
+    ("folder", "family"),
+    [
+        ("sd1", Family.SD1),
+        ("sd2", Family.SD2),
+        ("sdxl", Family.SDXL),
+        ("sd-x4-upscaler", Family.LATENT_UPSCALER),
+    ],
+)
+def test_the_family_is_read_from_a_diffusers_folder(
+    tiny_dir: Path, folder: str, family: Family
+) -> None:
+    assert detect_family(str(tiny_dir / folder)) == family
+
+
+@pytest.mark.parametrize(
+    ("tensor", "family"),
+    [
+        ("conditioner.embedders.1.model.ln_final.weight", Family.SDXL),
+        ("cond_stage_model.model.ln_final.weight", Family.SD2),
+        ("cond_stage_model.transformer.text_model.final_layer_norm.weight", Family.SD1),
+    ],
+)
+def test_the_family_is_read_from_a_single_files_tensor_names(
+    tmp_path: Path, tensor: str, family: Family
+) -> None:
+    path = tmp_path / "model.safetensors"
+    save_file({tensor: torch.zeros(2), "model.diffusion_model.out.0.weight": torch.zeros(2)}, path)
+    assert detect_family(str(path)) == family
+
+
+def test_weights_that_dont_say_give_no_family(tmp_path: Path) -> None:
+    path = tmp_path / "other.safetensors"
+    save_file({"something.else": torch.zeros(2)}, path)
+    assert detect_family(str(path)) is None
+    assert detect_family(str(tmp_path / "missing-folder")) is None
+    assert detect_family("someone/not-in-the-cache") is None  # offline: the cache only
+
+
+@pytest.mark.parametrize("engine_id", ["My-Engine", "-leading-dash", "a/b", "x" * 65, "émoji"])
+def test_an_engine_id_must_be_a_path_segment(engine_id: str, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="lowercase letters and digits"):
+        Settings(data_dir=tmp_path, engines={engine_id: EngineConfig(source=str(tmp_path))})
+
+
+def test_an_engine_of_ones_own_needs_a_source(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="needs a source"):
+        Settings(data_dir=tmp_path, engines={"mine": EngineConfig(family=Family.SD1)})
+
+
+@pytest.fixture(scope="module")
+def app_client(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """A server with the tiny SD 1 folder as the catalogue's SD 1.6 and as an engine of the
+    operator's own (family read from the folder), and SDXL under another id (family named)."""
+    engines = {
+        "stable-diffusion-v1-6": EngineConfig(source=str(tiny_dir / "sd1")),
+        MINE: EngineConfig(
+            source=str(tiny_dir / "sd1"),
+            name="My Brand 1.5",
+            description="Our fine-tune, in our colours",
+            cost_factor=0.1,
+        ),
+        "house-xl": EngineConfig(source=str(tiny_dir / "sdxl"), family=Family.SDXL),
+    }
+    data = tmp_path_factory.mktemp("custom-engines") / "data"
+    settings = Settings(data_dir=data, offline=True, log_json=False, engines=engines)
+    with TestClient(create_app(settings)) as client:
+        key = (data / "admin-key.txt").read_text().strip()
+        client.headers["Authorization"] = f"Bearer {key}"
+        yield client
+
+
+def test_ones_own_engines_are_listed_after_the_catalogues(app_client: TestClient) -> None:
+    listed = app_client.get("/v1/engines/list").json()
+    assert [e["id"] for e in listed] == [*CATALOGUE, MINE, "house-xl"]
+    mine = listed[-2]
+    assert mine == {
+        "id": MINE,
+        "name": "My Brand 1.5",
+        "description": "Our fine-tune, in our colours",
+        "type": "PICTURE",
+    }
+    assert listed[-1]["name"] == "house-xl"  # no name given: its id
+
+
+def test_ones_own_engine_draws_what_its_weights_draw_under_its_familys_rules(
+    app_client: TestClient,
+) -> None:
+    body = t2i_body(seed=7, width=320, height=320)
+
+    def spent(engine_id: str) -> tuple[float, list[dict[str, object]]]:
+        before = app_client.get("/v1/user/balance").json()["credits"]
+        made = app_client.post(f"/v1/generation/{engine_id}/text-to-image", json=body)
+        assert made.status_code == 200, made.text
+        return before - app_client.get("/v1/user/balance").json()["credits"], made.json()[
+            "artifacts"
+        ]
+
+    mine, theirs = spent(MINE), spent("stable-diffusion-v1-6")
+    assert mine[1] == theirs[1]  # the same weights and pipeline: the same pixels
+    # Its own price factor, 0.1 against 0.5 (each rounded to the micro-credit).
+    assert mine[0] == pytest.approx(theirs[0] / 5, rel=0.01)
+    # The family's size rules: SD 1's sides from 320, SDXL's nine sizes.
+    too_small = app_client.post(f"/v1/generation/{MINE}/text-to-image", json=t2i_body(width=256))
+    assert_envelope(too_small, 400, "invalid_height_or_width")
+    xl = app_client.post("/v1/generation/house-xl/text-to-image", json=t2i_body(width=512))
+    assert_envelope(xl, 400, "invalid_sdxl_v1_dimensions")
+
+
+def test_weights_whose_family_cant_be_told_stop_the_start_with_a_message(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "weights").mkdir()
+    config = tmp_path / "localstability.toml"
+    config.write_text(f'offline = true\n[engines.mystery]\nsource = "{tmp_path / "weights"}"\n')
+    listed = run_cli("models", "list", "--config", str(config), check=False)
+    assert listed.returncode == 2
+    assert "engine mystery: its weights" in listed.stderr and "set its family" in listed.stderr
+    assert "Traceback" not in listed.stderr
