@@ -3,6 +3,7 @@ folder, a file or the Hub, the family named or read from the weights, the family
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +12,13 @@ import torch
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 from safetensors.torch import save_file
+from typer.testing import CliRunner, Result
 
 from localstability.app import create_app
+from localstability.cli import app
 from localstability.config import EngineConfig, Settings
 from localstability.engines import CATALOGUE, Family
 from localstability.inference.weights import detect_family
-from localstability.testing import run_cli
 from tests.helpers import t2i_body
 from tests.test_accounts_engines import assert_envelope
 
@@ -138,7 +140,52 @@ def test_weights_whose_family_cant_be_told_stop_the_start_with_a_message(
     (tmp_path / "weights").mkdir()
     config = tmp_path / "localstability.toml"
     config.write_text(f'offline = true\n[engines.mystery]\nsource = "{tmp_path / "weights"}"\n')
-    listed = run_cli("models", "list", "--config", str(config), check=False)
-    assert listed.returncode == 2
+    listed = models("list", "--config", str(config))
+    assert listed.exit_code == 2
     assert "engine mystery: its weights" in listed.stderr and "set its family" in listed.stderr
     assert "Traceback" not in listed.stderr
+
+
+def models(*args: str) -> Result:
+    """`localstability models ARGS` in this process (the command's own app and output)."""
+    unset = {name: None for name in os.environ if name.startswith("LOCALSTABILITY_")}
+    return CliRunner().invoke(app, ["models", *args], env={**unset, "HF_HUB_OFFLINE": "1"})
+
+
+def test_models_add_and_remove_edit_the_file_and_keep_the_rest(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "localstability.toml"
+    original = "# our server\noffline = true  # no Hub here\n"
+    config.write_text(original)
+    added = models(
+        "add", "house-sd2", "--source", str(tiny_dir / "sd2"), "--name", "House 2",
+        "--config", str(config),
+    )  # fmt: skip
+    assert added.exit_code == 0, added.output
+    text = config.read_text()
+    assert text.startswith(original)  # comments and settings kept
+    assert '[engines.house-sd2]\nsource = "' in text and 'name = "House 2"' in text
+    assert "family" not in text  # read from the weights at each start
+    listed = models("list", "--config", str(config))
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith("house-sd2 ")]
+    assert row.split()[1] == "sd2"
+    again = models("add", "house-sd2", "--source", str(tiny_dir / "sd1"), "--config", str(config))
+    assert again.exit_code == 2 and "already" in again.stderr
+    mystery = tmp_path / "mystery"
+    mystery.mkdir()
+    refused = models("add", "mystery", "--source", str(mystery), "--config", str(config))
+    assert refused.exit_code == 2 and "set its family" in refused.stderr
+    assert config.read_text() == text  # nothing written
+    assert not list(tmp_path.glob(".localstability.toml*"))  # no scratch file left
+    removed = models("remove", "house-sd2", "--config", str(config))
+    assert removed.exit_code == 0, removed.output
+    assert "house-sd2" not in config.read_text() and config.read_text().startswith(original)
+    gone = models("remove", "house-sd2", "--config", str(config))
+    assert gone.exit_code == 1 and "has no [engines.house-sd2]" in gone.stderr
+
+
+def test_models_add_without_a_file_says_what_to_add(tiny_dir: Path) -> None:
+    shown = models("add", "house-xl", "--source", str(tiny_dir / "sdxl"), "--family", "sdxl")
+    assert shown.exit_code == 0
+    assert f'[engines.house-xl]\nsource = "{tiny_dir / "sdxl"}"\nfamily = "sdxl"' in shown.stdout

@@ -7,6 +7,7 @@ AdminService as the admin HTTP API; lists print as short tables, or as JSON with
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from localstability import errors
-from localstability.config import Settings, load_settings
+from localstability.config import CONFIG_ENV, Settings, load_settings
 from localstability.service.admin import AdminService
 
 users_app = typer.Typer(help="Users.", no_args_is_help=True)
@@ -41,6 +42,12 @@ def settings_of(config: Path | None) -> Settings:
     except ValidationError as exc:
         typer.echo(f"configuration: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def config_file_of(config: Path | None) -> Path | None:
+    """The configuration file named by --config or LOCALSTABILITY_CONFIG, if any."""
+    named = config or os.environ.get(CONFIG_ENV)
+    return Path(named).expanduser() if named else None
 
 
 def served_settings(config: Path | None) -> Settings:

@@ -11,6 +11,7 @@ from localstability.admin import (
     ConfigOption,
     JsonOption,
     admin_service,
+    config_file_of,
     ledger_app,
     orgs_app,
     print_rows,
@@ -241,6 +242,73 @@ def models_list(config: ConfigOption = None) -> None:
             "offline fallback shown (docs/models.md). `localstability models pull ENGINE` "
             "fetches its own where the Hub can be reached."
         )
+
+
+@models_app.command("add")
+def models_add(
+    engine_id: Annotated[str, typer.Argument(help="The engine id, e.g. my-brand-xl.")],
+    source: Annotated[
+        str, typer.Option(help="A Hub repo id, a diffusers folder or a .safetensors file.")
+    ],
+    family: Annotated[
+        str | None,
+        typer.Option(
+            help="sd1, sd2, sdxl, esrgan or latent-upscaler; unset: read from the weights."
+        ),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Its name in /v1/engines/list.")] = None,
+    description: Annotated[str | None, typer.Option(help="Its description there.")] = None,
+    cost_factor: Annotated[
+        float | None, typer.Option(help="Price relative to SDXL per pixel and step.")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Add an engine of your own to the configuration file (or print what to add)."""
+    from localstability.config_file import add_engine, engine_table
+
+    local = Path(source).expanduser()
+    values = {
+        "source": str(local.resolve()) if local.exists() else source,
+        "family": family,
+        "name": name,
+        "description": description,
+        "cost_factor": cost_factor,
+    }
+    path = config_file_of(config)
+    if path is None:
+        typer.echo("no configuration file (--config or LOCALSTABILITY_CONFIG); add this to it:")
+        typer.echo(engine_table(engine_id, values))
+        return
+    try:
+        add_engine(path.expanduser(), engine_id, values)
+    except ValueError as exc:
+        typer.echo(f"not added: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"added {engine_id} to {path}; restart the server (and workers) to serve it")
+
+
+@models_app.command("remove")
+def models_remove(
+    engine_id: Annotated[str, typer.Argument(help="The engine id.")],
+    config: ConfigOption = None,
+) -> None:
+    """Remove an engine's table from the configuration file (a catalogue engine goes back to
+    its defaults; one of your own is gone)."""
+    from localstability.config_file import remove_engine
+
+    path = config_file_of(config)
+    if path is None:
+        typer.echo("no configuration file (--config or LOCALSTABILITY_CONFIG)", err=True)
+        raise typer.Exit(2)
+    try:
+        remove_engine(path.expanduser(), engine_id)
+    except KeyError:
+        typer.echo(f"{path} has no [engines.{engine_id}]", err=True)
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        typer.echo(f"not removed: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"removed {engine_id} from {path}; restart the server (and workers)")
 
 
 @models_app.command("pull")
