@@ -347,7 +347,9 @@ def cluster(
     `localstability worker`s, one PostgreSQL database, one Redis (started by the tests)."""
     directory = tmp_path_factory.mktemp("scaleout")
     config = directory / "localstability.toml"
-    config.write_text((tiny_dir / "localstability.toml").read_text())
+    # With an engine of the operator's own (tests/test_custom_engines.py): the tiny SD 1.
+    own = f'\n[engines.house-sd1]\nsource = "{tiny_dir / "sd1"}"\nname = "House SD1"\n'
+    config.write_text((tiny_dir / "localstability.toml").read_text() + own)
     env = {
         "LOCALSTABILITY_DATA_DIR": str(directory / "data"),
         "LOCALSTABILITY_ADMIN_KEY": ADMIN_KEY,

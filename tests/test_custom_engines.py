@@ -19,6 +19,7 @@ from localstability.cli import app
 from localstability.config import EngineConfig, Settings
 from localstability.engines import CATALOGUE, Family
 from localstability.inference.weights import detect_family
+from tests.conftest import Cluster
 from tests.helpers import t2i_body
 from tests.test_accounts_engines import assert_envelope
 
@@ -189,3 +190,13 @@ def test_models_add_without_a_file_says_what_to_add(tiny_dir: Path) -> None:
     shown = models("add", "house-xl", "--source", str(tiny_dir / "sdxl"), "--family", "sdxl")
     assert shown.exit_code == 0
     assert f'[engines.house-xl]\nsource = "{tiny_dir / "sdxl"}"\nfamily = "sdxl"' in shown.stdout
+
+
+def test_ones_own_engine_runs_on_the_workers_and_every_replica_lists_it(cluster: Cluster) -> None:
+    body = t2i_body(seed=3)
+    with cluster.client(0) as a, cluster.client(1) as b:
+        assert [e["name"] for e in b.get("/v1/engines/list").json()][-1] == "House SD1"
+        mine = a.post("/v1/generation/house-sd1/text-to-image", json=body)
+        assert mine.status_code == 200, mine.text
+        theirs = b.post("/v1/generation/stable-diffusion-v1-6/text-to-image", json=body)
+    assert mine.json()["artifacts"] == theirs.json()["artifacts"]  # same weights, same pixels
