@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from localstability import errors
 from localstability.config import CONFIG_ENV, Settings, load_settings
+from localstability.engines import EngineSpec
 from localstability.service.admin import AdminService
 
 users_app = typer.Typer(help="Users.", no_args_is_help=True)
@@ -50,19 +51,24 @@ def config_file_of(config: Path | None) -> Path | None:
     return Path(named).expanduser() if named else None
 
 
-def served_settings(config: Path | None) -> Settings:
-    """The settings of a process that serves engines (`serve`, `worker`), its engines
-    checked first: an engine of the operator's own whose model family can't be told is a
-    short message and exit status 2, not a traceback at start."""
+def engines_of(config: Path | None) -> tuple[Settings, dict[str, EngineSpec]]:
+    """The settings and the engines they describe (`deployment_catalogue`): an engine of the
+    operator's own whose model family can't be told is a short message and exit status 2,
+    not a traceback."""
     from localstability.service.tasks import deployment_catalogue
 
     settings = settings_of(config)
     try:
-        deployment_catalogue(settings)
+        return settings, deployment_catalogue(settings)
     except ValueError as exc:
         typer.echo(f"configuration: {exc}", err=True)
         raise typer.Exit(2) from None
-    return settings
+
+
+def served_settings(config: Path | None) -> Settings:
+    """The settings of a process that serves engines (`serve`, `worker`), its engines
+    checked before it starts."""
+    return engines_of(config)[0]
 
 
 @contextmanager

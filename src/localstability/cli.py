@@ -12,6 +12,7 @@ from localstability.admin import (
     JsonOption,
     admin_service,
     config_file_of,
+    engines_of,
     ledger_app,
     orgs_app,
     print_rows,
@@ -210,14 +211,9 @@ def keys_revoke(
 @models_app.command("list")
 def models_list(config: ConfigOption = None) -> None:
     """Each engine, where its weights come from, and whether they are on this machine."""
-    from localstability.service.tasks import deployment_catalogue, weight_source, weights_state
+    from localstability.service.tasks import weight_source, weights_state
 
-    settings = settings_of(config)
-    try:
-        catalogue = deployment_catalogue(settings)
-    except ValueError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    settings, catalogue = engines_of(config)
     typer.echo(f"{'ENGINE':38} {'FAMILY':16} {'STATE':16} WEIGHTS")
     fallbacks = False
     for engine in catalogue.values():
@@ -280,7 +276,7 @@ def models_add(
         typer.echo(engine_table(engine_id, values))
         return
     try:
-        add_engine(path.expanduser(), engine_id, values)
+        add_engine(path, engine_id, values)
     except ValueError as exc:
         typer.echo(f"not added: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -301,7 +297,7 @@ def models_remove(
         typer.echo("no configuration file (--config or LOCALSTABILITY_CONFIG)", err=True)
         raise typer.Exit(2)
     try:
-        remove_engine(path.expanduser(), engine_id)
+        remove_engine(path, engine_id)
     except KeyError:
         typer.echo(f"{path} has no [engines.{engine_id}]", err=True)
         raise typer.Exit(1) from None
@@ -320,11 +316,11 @@ def models_pull(
     from localstability import errors
     from localstability.engines import get_engine
     from localstability.inference.loader import download
-    from localstability.service.tasks import deployment_catalogue, fallback_source, weight_source
+    from localstability.service.tasks import fallback_source, weight_source
 
-    settings = settings_of(config)
+    settings, catalogue = engines_of(config)
     try:
-        engine = get_engine(engine_id, deployment_catalogue(settings))
+        engine = get_engine(engine_id, catalogue)
         source = weight_source(settings, engine)
         models_dir = settings.data_dir / "models"
         try:
@@ -338,9 +334,6 @@ def models_pull(
     except errors.ApiError as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(1) from None
-    except ValueError as exc:  # an engine of the operator's own whose family is unknown
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"{engine_id}: ready at {path}")
 
 

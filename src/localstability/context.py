@@ -104,14 +104,15 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
             batch_window_s=settings.batch_window_ms / 1000,
         )
         limiter = RateLimiter(settings.rate_limit_requests, settings.rate_limit_window_s)
+    generation = GenerationService(settings, jobs, store, billing)
     context = AppContext(
         settings=settings,
         accounts=AccountService(database, limiter),
-        generation=GenerationService(settings, jobs, store, billing),
+        generation=generation,
         admin=AdminService(database, actor="admin-api"),
         billing=billing,
         jobs=jobs,
-        health=HealthService(settings, database, jobs),
+        health=HealthService(settings, database, jobs, generation.tasks),
     )
     return context, database, worker
 

@@ -122,17 +122,22 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
 
 
+def route_template(scope: Scope) -> str | None:
+    """The template of the route that served the request, e.g. /v1/generation/{id}."""
+    path: str | None = getattr(scope.get("route"), "path", None)
+    return path
+
+
 def access_fields(
     scope: Scope, status: int, generation_id: str | None, started: float
 ) -> dict[str, object]:
     """The access-log line of a request: never its key, nor its prompts unless the operator
     asked for them (`log_prompts`)."""
     state = scope.get("state") or {}
-    route = scope.get("route")
     fields: dict[str, object] = {
         "method": scope["method"],
         "path": scope["path"],
-        "route": getattr(route, "path", None),  # the template, e.g. /v1/generation/{id}
+        "route": route_template(scope),
         "status": status,
         "generation": generation_id,
         "organization": state.get("organization_id"),
@@ -176,8 +181,7 @@ class RequestLog:
             fields = access_fields(scope, status, generation_id, started)
             log.info("request", extra=fields)
             if status:  # 0: the client went away before any answer
-                route = getattr(scope.get("route"), "path", None)
-                metrics.request_answered(scope["method"], route, status)
+                metrics.request_answered(scope["method"], route_template(scope), status)
 
 
 def rest_app(context: AppContext, lifespan: Lifespan) -> FastAPI:

@@ -91,8 +91,7 @@ class Job:
     error: errors.ApiError | None = None
     settled: bool = False  # its end (success, failure, refund) is being recorded
     batch_size: int = 0  # generations in the pipeline call it ran in (0: not started)
-    # Wall-clock times (time.time()): admitted, its pipeline call began, its images were made.
-    queued_at: float = field(default_factory=time.time)
+    # Wall-clock times (time.time()): its pipeline call began, its images were made.
     started_at: float | None = None
     made_at: float | None = None
     control: StepControl = field(default_factory=StepControl)
@@ -109,6 +108,11 @@ class Job:
     @property
     def key(self) -> GenerationKey:
         return self.spec.key
+
+    @property
+    def queued_at(self) -> float:
+        """When it was admitted (its spec's own stamp, which a worker sees too)."""
+        return self.spec.submitted_at
 
     def timings(self) -> tuple[float | None, float | None]:
         """Seconds it waited in the queue and its pipeline call took (None where unknown)."""

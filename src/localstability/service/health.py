@@ -21,11 +21,13 @@ CHECK_TIMEOUT_S = 5.0  # a check that takes longer counts as failed
 
 
 class HealthService:
-    def __init__(self, settings: Settings, database: Database, jobs: JobBackend) -> None:
+    def __init__(
+        self, settings: Settings, database: Database, jobs: JobBackend, tasks: TaskBuilder
+    ) -> None:
         self.settings = settings
         self.database = database
         self.jobs = jobs
-        self.tasks = TaskBuilder(settings)
+        self.tasks = tasks  # the generation service's: the engines this deployment serves
 
     def _database_answers(self) -> bool:
         try:
