@@ -363,6 +363,29 @@ def upscale_row(f: Figures) -> tuple[str, str]:
 
 # The order they run in, and the settings of a full run (those the README's figures used) and
 # of --quick (the least the HTTP API takes: 10 steps; throughput and batching on SD1 only).
+def loras_figures(payloads: list[dict[str, Any]]) -> Figures:
+    return {"in_process": payloads[0]["in_process"], "http": payloads[0]["http"]}
+
+
+def loras_row(f: Figures) -> tuple[str, str]:
+    http = f["http"]
+    families = "; ".join(
+        f"{row['family'].upper()}: switch {row['adapter_switch_s'] * 1000:.1f} ms, first load "
+        f"{row['adapter_first_load_s'] * 1000:.0f} ms vs base model load "
+        f"{row['base_load_s'] * 1000:.0f} ms ({row['switch_vs_base_load']:.4f}x)"
+        for row in f["in_process"]
+    )
+    return (
+        "switching LoRA adapters between jobs vs loading the base model (in process), and "
+        "through HTTP requests alternating two adapters vs all on one adapter vs none",
+        f"{families}; HTTP {label(http['engine_id'], http['size'])}, {http['steps']} steps: "
+        f"alternating {x(http['alternating_vs_same_adapter'])} one adapter, "
+        f"{x(http['ratio'])} none ({http['alternating_adapters_median_s']:.2f} s vs "
+        f"{http['same_adapter_median_s']:.2f} s vs {http['no_adapter_median_s']:.2f} s), "
+        f"base model loads meanwhile: {http['base_model_loads_during']:.0f}",
+    )
+
+
 BENCHMARKS = [
     Benchmark(
         name="latency",
@@ -432,6 +455,14 @@ BENCHMARKS = [
         runs=[Run(full=[], quick=["--requests", "4", "--latency-requests", "2"])],
         figures=scaleout_figures,
         row=scaleout_row,
+    ),
+    Benchmark(
+        name="loras",
+        result="loras",
+        title="switching LoRA adapters between jobs vs loading the base model",
+        runs=[Run(full=[], quick=["--repeats", "1"])],
+        figures=loras_figures,
+        row=loras_row,
     ),
     Benchmark(
         name="upscale_quality",

@@ -180,12 +180,38 @@ SCALEOUT = {
         "ratio": 1.263,
     },
 }
+LORAS = {
+    "in_process": [
+        {
+            "family": "sd1",
+            "base_load_s": 0.61,
+            "adapter_first_load_s": 0.19,
+            "adapter_switch_s": 0.0042,
+            "lora_off_s": 0.0012,
+            "switch_vs_base_load": 0.0069,
+            "first_load_vs_base_load": 0.31,
+        }
+    ],
+    "http": {
+        "engine_id": "stable-diffusion-v1-6",
+        "size": "320x320",
+        "steps": 10,
+        "requests_each": 10,
+        "no_adapter_median_s": 0.52,
+        "same_adapter_median_s": 0.54,
+        "alternating_adapters_median_s": 0.55,
+        "ratio": 1.058,
+        "alternating_vs_same_adapter": 1.019,
+        "base_model_loads_during": 0.0,
+    },
+}
 PAYLOADS: dict[str, Any] = {
     "latency": LATENCY,
     "throughput": THROUGHPUT,
     "batching": BATCHING,
     "startup": STARTUP,
     "scaleout": SCALEOUT,
+    "loras": LORAS,
     "upscale_quality": UPSCALE,
 }
 
@@ -277,6 +303,11 @@ def test_table_rows_carry_the_headline_figures() -> None:
         scaleout
     )
     assert "one worker batching the queued jobs 1.26x without (1.71 vs 1.36 img/s)" in scaleout
+    loras = rows["python -m bench.loras"]
+    assert "SD1: switch 4.2 ms, first load 190 ms vs base model load 610 ms (0.0069x)" in loras
+    assert "HTTP SD1 320, 10 steps: alternating 1.02x one adapter, 1.06x none" in loras
+    assert "(0.55 s vs 0.54 s vs 0.52 s)" in loras
+    assert "base model loads meanwhile: 0" in loras
     upscale = rows["python -m bench.upscale_quality"]
     assert "conversion matches ncnn to 5e-6" in upscale
     assert "x4plus 21.84 dB / 0.695 vs bicubic 23.72 dB / 0.722" in upscale

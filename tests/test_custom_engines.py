@@ -107,6 +107,7 @@ def test_ones_own_engines_are_listed_after_the_catalogues(app_client: TestClient
         "name": "My Brand 1.5",
         "description": "Our fine-tune, in our colours",
         "type": "PICTURE",
+        "loras": [],  # no adapter in this deployment's lora_dir
     }
     assert listed[-1]["name"] == "house-xl"  # no name given: its id
 
