@@ -31,6 +31,13 @@ def test_models_list_shows_readiness(tiny_dir: Path) -> None:
     output = run_cli("models", "list", "--config", str(tiny_dir / "localstability.toml")).stdout
     header, *rows = output.splitlines()
     assert header.split() == ["ENGINE", "FAMILY", "STATE", "WEIGHTS"]
+    at = next(i for i, row in enumerate(rows) if row.startswith("LoRA adapters in "))
+    rows, adapters = rows[:at], rows[at:]
+    assert adapters == [
+        f"LoRA adapters in {tiny_dir / 'loras'}:",
+        "  sd1: tiny-sd1-detail, tiny-sd1-style",
+        "  sdxl: tiny-sdxl-style",
+    ]
     lines = {line.split()[0]: line for line in rows}
     assert len(lines) == 7
     assert "ready" in lines["localstability-shapes-v1"]
@@ -67,7 +74,9 @@ def test_models_pull_esrgan_offline_converts_the_packaged_weights(tmp_path: Path
     esrgan = next(line for line in listed.splitlines() if line.startswith("esrgan-v1-x2plus"))
     assert "ready (fallback)" in esrgan
     assert "serving packaged:realesrgan-x4plus" in esrgan
-    assert listed.splitlines()[-1].startswith("ready (fallback): the engine's own weights are not")
+    *_, note, adapters = listed.splitlines()  # the table's note, then the LoRA adapters
+    assert note.startswith("ready (fallback): the engine's own weights are not")
+    assert adapters == f"LoRA adapters in {tmp_path / 'loras'}: none"
 
 
 def test_keys_create_prints_only_the_key(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,6 +21,10 @@ from localstability.admin import (
     users_app,
 )
 from localstability.jobs.base import ClusterInfo
+
+if TYPE_CHECKING:
+    from localstability.config import Settings
+    from localstability.engines import EngineSpec
 
 app = typer.Typer(help="A self-hosted Stability AI REST API v1 server.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
@@ -238,6 +242,18 @@ def models_list(config: ConfigOption = None) -> None:
             "offline fallback shown (docs/models.md). `localstability models pull ENGINE` "
             "fetches its own where the Hub can be reached."
         )
+    _echo_loras(settings, list(catalogue.values()))
+
+
+def _echo_loras(settings: Settings, engines: list[EngineSpec]) -> None:
+    """The LoRA adapters in lora_dir, by family (each engine of the family offers them)."""
+    from localstability.service.loras import LoraFolder
+
+    folder = LoraFolder(settings)
+    offered = {e.family.value: list(folder.offered(e)) for e in engines if folder.offered(e)}
+    typer.echo(f"LoRA adapters in {folder.root}:" + ("" if offered else " none"))
+    for family, names in offered.items():
+        typer.echo(f"  {family}: {', '.join(names)}")
 
 
 @models_app.command("add")

@@ -48,8 +48,18 @@ def build_tiny_lora(
     `.safetensors` file `dest`: on the UNet, and on its text encoders if `text_encoders`."""
     import torch
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
-    pipe = DiffusionPipeline.from_pretrained(pipeline_folder)
+    from localstability.tiny import no_transformers_progress_bar
+
+    bar = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()  # a test fixture's load: no bars in its output
+    try:
+        with no_transformers_progress_bar():
+            pipe = DiffusionPipeline.from_pretrained(pipeline_folder)
+    finally:
+        if bar:
+            diffusers_logging.enable_progress_bar()
     layers: dict[str, Any] = {}
     torch.manual_seed(seed)
     layers["unet_lora_layers"] = _add_adapter(pipe.unet, UNET_TARGETS, rank, scale)
