@@ -51,7 +51,7 @@ def test_engines_list(client: httpx.Client) -> None:
     engines = response.json()
     assert [e["id"] for e in engines] == ENGINE_IDS
     for engine in engines:
-        assert set(engine) == {"id", "name", "description", "type"}
+        assert set(engine) == {"id", "name", "description", "type", "loras"}
         assert engine["type"] == "PICTURE"
     by_id = {e["id"]: e for e in engines}
     assert by_id["stable-diffusion-xl-1024-v1-0"]["name"] == "Stable Diffusion XL v1.0"

@@ -354,6 +354,7 @@ def write_tiny_config(directory: Path, folders: dict[str, Path]) -> Path:
         "# Written by `localstability models make-tiny`.",
         'data_dir = "data"',
         "offline = true",
+        f'lora_dir = "{(directory / "loras").resolve()}"',
         "",
     ]
     for engine_id, family in TINY_ENGINES.items():
@@ -374,11 +375,14 @@ def models_make_tiny(
 ) -> None:
     """Build tiny random-weight TEST FIXTURES of every family, offline, and a config for them."""
     from localstability.tiny import build_tiny_models
+    from localstability.tiny_lora import build_tiny_loras
     from localstability.upscalers.esrgan import write_tiny_esrgan
 
     directory.mkdir(parents=True, exist_ok=True)
     folders = build_tiny_models(directory, progress=lambda message: typer.echo(message))
     folders["esrgan"] = write_tiny_esrgan(directory / "esrgan" / "tiny-esrgan-x4.safetensors")
     typer.echo(f"built tiny ESRGAN x4 upscaler {folders['esrgan']}")
+    loras = build_tiny_loras(directory, directory / "loras")
+    typer.echo(f"built tiny LoRA adapters {', '.join(loras)} in {directory / 'loras'}")
     config_path = write_tiny_config(directory, folders)
     typer.echo(f"wrote {config_path}; run: localstability serve --config {config_path}")

@@ -14,9 +14,30 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from localstability.engines import CATALOGUE, ENGINE_ID, Family
+from localstability.engines import CATALOGUE, ENGINE_ID, LORA_NAME, LORA_SUFFIX, Family
+from localstability.protocol import LORA_WEIGHT_LIMIT
 
 CONFIG_ENV = "LOCALSTABILITY_CONFIG"
+
+
+class EngineLora(BaseModel):
+    """A LoRA adapter an engine applies to every request (a request may reweigh it, or switch
+    it off with weight 0)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="The adapter: its file's name in lora_dir/<family>/.")
+    weight: float = Field(1.0, ge=-LORA_WEIGHT_LIMIT, le=LORA_WEIGHT_LIMIT)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if value.endswith(LORA_SUFFIX) or not LORA_NAME.fullmatch(value):
+            raise ValueError(
+                f"LoRA {value!r}: name the adapter by its file's name without {LORA_SUFFIX} "
+                "(letters, digits, then also '.', '_' and '-'), not by a path"
+            )
+        return value
 
 
 class EngineConfig(BaseModel):
@@ -59,6 +80,11 @@ class EngineConfig(BaseModel):
     )
     cost_factor: float | None = Field(
         None, ge=0, description="Price relative to SDXL per pixel and step; unset: the catalogue's."
+    )
+    loras: list[EngineLora] = Field(
+        default_factory=list,
+        description="LoRA adapters applied to every request of this engine, from "
+        "lora_dir/<family>/ (a request's `loras` may reweigh them).",
     )
     enabled: bool = True
 
@@ -233,12 +259,23 @@ class Settings(BaseSettings):
     max_upload_pixels: int = Field(
         4096 * 4096, description="Largest accepted image, in pixels (decompression bombs)."
     )
+    lora_dir: Path | None = Field(
+        None,
+        description="The LoRA adapters requests may name: lora_dir/<family>/<name>.safetensors "
+        "(family: sd1, sd2, sdxl...), read again at each request. Unset: data_dir/loras. Every "
+        "machine of a deployment needs the same folder.",
+    )
     engines: dict[str, EngineConfig] = Field(default_factory=dict)
 
     @field_validator("data_dir")
     @classmethod
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
+
+    @property
+    def lora_folder(self) -> Path:
+        """Where the LoRA adapters are (lora_dir, else data_dir/loras)."""
+        return (self.lora_dir or self.data_dir / "loras").expanduser()
 
     @field_validator("engines")
     @classmethod
@@ -293,8 +330,9 @@ class Settings(BaseSettings):
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     """Resolve data_dir and local engine sources relative to the TOML file's folder."""
-    if "data_dir" in raw:
-        raw["data_dir"] = str((base / Path(raw["data_dir"]).expanduser()).resolve())
+    for key in ("data_dir", "lora_dir"):
+        if key in raw:
+            raw[key] = str((base / Path(raw[key]).expanduser()).resolve())
     for engine in raw.get("engines", {}).values():
         for key in ("source", "config", "inpainting_source"):
             value = engine.get(key)

@@ -169,8 +169,19 @@ class EngineSpec:
     # 2-4 images; SDXL at 1024x1024 none.
     batch_max_images: int = 1
 
-    def as_wire(self) -> Engine:
-        return Engine(id=self.id, name=self.name, description=self.description, type=self.type)
+    def as_wire(self, loras: list[str] | None = None) -> Engine:
+        return Engine(
+            id=self.id,
+            name=self.name,
+            description=self.description,
+            type=self.type,
+            loras=loras or [],
+        )
+
+    @property
+    def takes_loras(self) -> bool:
+        """Whether LoRA adapters apply to it: the diffusion engines (not the upscalers)."""
+        return bool(self.tasks & DIFFUSION_TASKS)
 
     def check_size(self, width: int, height: int) -> None:
         """Raise the spec's size error when width x height is not allowed for this engine."""
@@ -288,6 +299,11 @@ CATALOGUE: dict[str, EngineSpec] = {
 # An engine id is one path segment of /v1/generation/{engine_id}/...: lowercase letters and
 # digits, then also '.', '_' and '-', at most 64 characters (every catalogue id is one).
 ENGINE_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+# A LoRA adapter's name is its file's name in the adapter folder without `.safetensors`:
+# letters, digits, then also '.', '_' and '-' (so never a path), at most 128 characters.
+LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+LORA_SUFFIX = ".safetensors"
 
 # An operator's own engine takes its family's rules (tasks, sizes, default size, price,
 # batching) from the catalogue engine that serves that family.

@@ -54,6 +54,19 @@ class InvalidSdxlV222Dimensions(BadRequest):
     name = "invalid_sdxl_v222_dimensions"
 
 
+class InvalidLora(BadRequest):
+    """A `loras` entry that can't name an adapter (a path, a URL, named twice), or an
+    adapter file that does not load on the engine."""
+
+    name = "invalid_lora"
+
+
+class LoraNotFound(BadRequest):
+    """A `loras` entry naming no adapter the engine offers."""
+
+    name = "lora_not_found"
+
+
 class Unauthorized(ApiError):
     status, name = 401, "unauthorized"
 

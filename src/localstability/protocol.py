@@ -18,6 +18,9 @@ PROMPTS_DESCRIPTION = (
     f"At most {MAX_TEXT_PROMPTS} prompts (weights below 0 are negative prompts); each one "
     "beyond the first positive and the first negative is priced as one more step"
 )
+# Ours too: the LoRA adapters one request may stack (each one is a pass over the model's layers).
+MAX_LORAS = 8
+LORA_WEIGHT_LIMIT = 4.0
 
 
 class Sampler(StrEnum):
@@ -102,6 +105,25 @@ class TextPrompt(WireModel):
     )
 
 
+class LoraRequest(WireModel):
+    """Our extension: one LoRA adapter to apply, by the name the engine list gives it."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        description="An adapter the engine offers (GET /v1/engines/list gives each engine's "
+        "`loras`): a name, never a path or URL",
+    )
+    weight: float = Field(
+        1.0,
+        ge=-LORA_WEIGHT_LIMIT,
+        le=LORA_WEIGHT_LIMIT,
+        description="How strongly it applies: 1.0 as trained, 0 switches it off (also one the "
+        "engine applies by default)",
+        json_schema_extra={"format": "float"},
+    )
+
+
 class GenerationRequestOptionalParams(WireModel):
     cfg_scale: float = Field(
         7,
@@ -123,6 +145,12 @@ class GenerationRequestOptionalParams(WireModel):
     style_preset: StylePreset | None = None
     extras: dict[str, Any] | None = Field(
         None, description="Extra parameters passed to the engine (accepted, currently unused)"
+    )
+    loras: list[LoraRequest] | None = Field(
+        None,
+        max_length=MAX_LORAS,
+        description=f"Our extension: up to {MAX_LORAS} LoRA adapters to apply, each named once, "
+        "on top of those the engine applies by default. Omitted: the engine's own only",
     )
 
 
@@ -160,6 +188,11 @@ class Engine(BaseModel):
     name: str
     description: str
     type: EngineType
+    loras: list[str] = Field(
+        default_factory=list,
+        description="Our extension: the LoRA adapters a request may name in `loras` for this "
+        "engine (empty: none)",
+    )
 
 
 class OrganizationMembership(BaseModel):

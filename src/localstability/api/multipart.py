@@ -2,7 +2,8 @@
 
 `text_prompts[<index>][text|weight]` may use any integer indexes, in any order; a later field
 for the same index and key overrides an earlier one (the spec's rule). `extras[key]` fields
-form the `extras` object.
+form the `extras` object. Our `loras` extension folds the same way as the prompts:
+`loras[<index>][name|weight]`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from localstability.service.images import check_file_size
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
-_PROMPT_FIELD = re.compile(r"text_prompts\[(-?[0-9]+)\]\[(text|weight)\]")
+_LIST_FIELDS = {"text_prompts": ("text", "weight"), "loras": ("name", "weight")}
+_LIST_FIELD = re.compile(r"(text_prompts|loras)\[(-?[0-9]+)\]\[([a-z]+)\]")
 _EXTRAS_FIELD = re.compile(r"^extras\[([^\]]+)\]$")
 _MAX_FIELDS = 200
 
@@ -36,23 +38,26 @@ class MultipartBody:
 
 def fold_fields(items: list[tuple[str, str]]) -> dict[str, Any]:
     """Turn flat multipart text fields into the nested shape of the JSON wire models."""
-    prompts: dict[int, dict[str, str]] = {}
+    lists: dict[str, dict[int, dict[str, str]]] = {}
     extras: dict[str, str] = {}
     fields: dict[str, Any] = {}
     for name, value in items:
-        if match := _PROMPT_FIELD.fullmatch(name):
-            prompts.setdefault(int(match.group(1)), {})[match.group(2)] = value
+        match = _LIST_FIELD.fullmatch(name)
+        if match and match.group(3) in _LIST_FIELDS[match.group(1)]:
+            entries = lists.setdefault(match.group(1), {})
+            entries.setdefault(int(match.group(2)), {})[match.group(3)] = value
         elif match := _EXTRAS_FIELD.match(name):
             extras[match.group(1)] = value
-        elif name.startswith("text_prompts"):
+        elif list_name := next((n for n in _LIST_FIELDS if name.startswith(n)), None):
+            first, second = _LIST_FIELDS[list_name]
             raise errors.BadRequest(
-                f"{name}: text prompts are sent as text_prompts[<index>][text] and "
-                "text_prompts[<index>][weight]"
+                f"{name}: {list_name} are sent as {list_name}[<index>][{first}] and "
+                f"{list_name}[<index>][{second}]"
             )
         else:
             fields[name] = value
-    if prompts:
-        fields["text_prompts"] = [prompts[index] for index in sorted(prompts)]
+    for list_name, entries in lists.items():
+        fields[list_name] = [entries[index] for index in sorted(entries)]
     if extras:
         fields["extras"] = extras
     return fields

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from localstability.engines import Family, Task
-from localstability.inference import diffusion, upscale
+from localstability.inference import diffusion, lora, upscale
 from localstability.inference.control import StepControl
 from localstability.inference.diffusion import GeneratedImage
 from localstability.inference.loader import PipelineCache, WeightSource
@@ -52,7 +52,8 @@ class TaskRun:
 
     def batch_key(self) -> tuple[Hashable, ...]:
         """What every run of one pipeline call shares: the weights, the task and the call's
-        own arguments (steps, guidance, sampler, size, and image-to-image's schedule)."""
+        own arguments (steps, guidance, sampler, size, the LoRA adapters and their weights,
+        and image-to-image's schedule)."""
         p = self.params
         key: tuple[Hashable, ...] = (
             self.weights.cache_key,
@@ -62,6 +63,7 @@ class TaskRun:
             p["sampler"],
             p["width"],
             p["height"],
+            tuple(tuple(lora) for lora in p.get("loras", ())),
         )
         if self.task == Task.IMAGE_TO_IMAGE:
             key += (p["strength"], p["skip_end"])
@@ -153,6 +155,7 @@ def _run_diffusion(
     first = runs[0]
     parts = [diffusion_params(run, images) for run, images in zip(runs, inputs, strict=True)]
     pipe = pipelines.get(first.weights, control)
+    lora.activate(pipe, [lora.Adapter.of(item) for item in first.params.get("loras", ())])
     result: list[list[GeneratedImage]] = _DIFFUSION[first.task](
         pipe, parts, control, family=first.weights.family
     )

@@ -19,6 +19,7 @@ from localstability.protocol import (
     GenerationRequestOptionalParams,
     Image,
     ImageToImageRequestBody,
+    LoraRequest,
     MaskingRequestBody,
     MaskSource,
     Sampler,
@@ -132,6 +133,12 @@ class PromptArguments(EngineArguments):
         GenerationRequestOptionalParams,
         "style_preset",
         "A style to steer the image towards (the engine's prompt gains its words). Omitted: none.",
+    )
+    loras: list[LoraRequest] | None = wire_field(
+        GenerationRequestOptionalParams,
+        "loras",
+        "LoRA adapters to apply, by the names list_available_models gives the engine "
+        "(`loras`), each with a weight (1.0 as trained). Omitted: the engine's own only.",
     )
 
     def text_prompts(self) -> list[dict[str, Any]]:

@@ -363,10 +363,14 @@ class ImageTools:
         models = ModelList(
             models=[
                 ModelInfo(
-                    **engine.as_wire().model_dump(),
+                    **wire.model_dump(),
                     tools=[t.name for t in self.specs.values() if t.task in engine.tasks],
                 )
-                for engine in self.context.generation.engines()
+                for engine, wire in zip(
+                    self.context.generation.engines(),
+                    self.context.generation.engine_list(),
+                    strict=True,
+                )
             ]
         )
         return CallToolResult(

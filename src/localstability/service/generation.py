@@ -23,6 +23,7 @@ from localstability.engines import EngineSpec, Task
 from localstability.jobs.artifacts import INPUT_TTL_S, Artifact, ArtifactStore, input_key
 from localstability.jobs.base import ClusterInfo, Job, JobBackend, JobSpec, result_expired
 from localstability.protocol import (
+    Engine,
     GenerationProgress,
     GenerationStatus,
     GenerationStatusBody,
@@ -94,6 +95,11 @@ class GenerationService:
     def engines(self) -> list[EngineSpec]:
         """The engines this deployment serves, in catalogue order."""
         return self.tasks.engines()
+
+    def engine_list(self) -> list[Engine]:
+        """The engines this deployment serves as the wire lists them, each with the LoRA
+        adapters it offers."""
+        return [e.as_wire(list(self.tasks.loras.offered(e))) for e in self.engines()]
 
     def engine(self, engine_id: str, task: Task | None = None) -> EngineSpec:
         """The enabled engine `engine_id` (404 otherwise), checked to support `task`: the

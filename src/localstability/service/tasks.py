@@ -38,6 +38,7 @@ from localstability.protocol import (
     UpscaleRequestBody,
 )
 from localstability.service.images import decode_upload
+from localstability.service.loras import LoraFolder
 from localstability.service.pricing import cost_micros
 from localstability.service.prompts import weighted_prompts
 from localstability.service.records import extra_prompts
@@ -131,6 +132,9 @@ class TaskBuilder:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.catalogue = deployment_catalogue(settings)
+        self.loras = LoraFolder(settings)
+        for engine in self.catalogue.values():
+            self.loras.check_engine(engine)
 
     def engines(self) -> list[EngineSpec]:
         """The engines this deployment serves: the catalogue's, then the operator's own."""
@@ -220,6 +224,7 @@ class TaskBuilder:
             "seeds": sample_seeds(body.seed, body.samples),
             "width": size[0],
             "height": size[1],
+            "loras": self.loras.for_run(engine, body.loras),
             **extra,
         }
         run = TaskRun(

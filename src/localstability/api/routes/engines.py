@@ -13,4 +13,4 @@ router = APIRouter(tags=["v1/engines"])
 @router.get("/v1/engines/list", response_model=list[Engine])
 def list_engines(context: Context, _principal: CurrentPrincipal) -> list[Engine]:
     """The engines this deployment serves."""
-    return [engine.as_wire() for engine in context.generation.engines()]
+    return context.generation.engine_list()
