@@ -24,6 +24,7 @@ from tests.helpers import t2i_body
 from tests.test_accounts_engines import assert_envelope
 
 MINE = "my-brand-sd1.5"
+FROM_FILE = "house-sd1-file"
 
 
 @pytest.mark.parametrize(
@@ -79,7 +80,9 @@ def test_an_engine_of_ones_own_needs_a_source(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def app_client(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     """A server with the tiny SD 1 folder as the catalogue's SD 1.6 and as an engine of the
-    operator's own (family read from the folder), and SDXL under another id (family named)."""
+    operator's own (family read from the folder), the same weights as one original-format
+    single file (family read from its tensor names, component configs from the folder), and
+    SDXL under another id (family named)."""
     engines = {
         "stable-diffusion-v1-6": EngineConfig(source=str(tiny_dir / "sd1")),
         MINE: EngineConfig(
@@ -87,6 +90,10 @@ def app_client(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             name="My Brand 1.5",
             description="Our fine-tune, in our colours",
             cost_factor=0.1,
+        ),
+        FROM_FILE: EngineConfig(
+            source=str(tiny_dir / "sd1-single" / "tiny-sd1.safetensors"),
+            config=str(tiny_dir / "sd1"),
         ),
         "house-xl": EngineConfig(source=str(tiny_dir / "sdxl"), family=Family.SDXL),
     }
@@ -100,8 +107,8 @@ def app_client(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def test_ones_own_engines_are_listed_after_the_catalogues(app_client: TestClient) -> None:
     listed = app_client.get("/v1/engines/list").json()
-    assert [e["id"] for e in listed] == [*CATALOGUE, MINE, "house-xl"]
-    mine = listed[-2]
+    assert [e["id"] for e in listed] == [*CATALOGUE, MINE, FROM_FILE, "house-xl"]
+    mine = listed[-3]
     assert mine == {
         "id": MINE,
         "name": "My Brand 1.5",
@@ -134,6 +141,18 @@ def test_ones_own_engine_draws_what_its_weights_draw_under_its_familys_rules(
     assert_envelope(too_small, 400, "invalid_height_or_width")
     xl = app_client.post("/v1/generation/house-xl/text-to-image", json=t2i_body(width=512))
     assert_envelope(xl, 400, "invalid_sdxl_v1_dimensions")
+
+
+def test_ones_own_engine_from_a_single_file_draws_what_the_folder_draws(
+    app_client: TestClient,
+) -> None:
+    body = t2i_body(seed=11, width=320, height=320)
+    made = app_client.post(f"/v1/generation/{FROM_FILE}/text-to-image", json=body)
+    assert made.status_code == 200, made.text
+    folder = app_client.post("/v1/generation/stable-diffusion-v1-6/text-to-image", json=body)
+    assert folder.status_code == 200, folder.text
+    # The file holds the folder's weights under the original names: the same pixels.
+    assert made.json()["artifacts"] == folder.json()["artifacts"]
 
 
 def test_weights_whose_family_cant_be_told_stop_the_start_with_a_message(

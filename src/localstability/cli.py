@@ -390,12 +390,15 @@ def models_make_tiny(
     directory: Annotated[Path, typer.Argument(help="Folder to write the models into.")],
 ) -> None:
     """Build tiny random-weight TEST FIXTURES of every family, offline, and a config for them."""
+    from localstability.single_file import write_single_file
     from localstability.tiny import build_tiny_models
     from localstability.tiny_lora import build_tiny_loras
     from localstability.upscalers.esrgan import write_tiny_esrgan
 
     directory.mkdir(parents=True, exist_ok=True)
     folders = build_tiny_models(directory, progress=lambda message: typer.echo(message))
+    single = directory / "sd1-single" / "tiny-sd1.safetensors"  # not an engine of the config
+    write_single_file(folders["sd1"], single, progress=lambda message: typer.echo(message))
     folders["esrgan"] = write_tiny_esrgan(directory / "esrgan" / "tiny-esrgan-x4.safetensors")
     typer.echo(f"built tiny ESRGAN x4 upscaler {folders['esrgan']}")
     loras = build_tiny_loras(directory, directory / "loras")
