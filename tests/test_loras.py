@@ -57,6 +57,7 @@ def test_the_engines_list_gives_each_engine_the_adapters_of_its_family(
     assert listed["stable-diffusion-xl-1024-v1-0"] == [XL_STYLE]
     assert listed["stable-diffusion-512-v2-1"] == []  # no SD 2 adapter in the folder
     assert listed["esrgan-v1-x2plus"] == []  # adapters are for diffusion engines
+    assert listed["localstability-shapes-v1"] == []  # SD 1's pipeline, not SD 1's layers
 
 
 def test_an_adapter_changes_the_pixels_by_its_weight_and_only_when_asked(

@@ -168,6 +168,9 @@ class EngineSpec:
     # On where bench/batching.py measured a gain (tiny models, CPU): SD 1.x/2.x 1.2-1.4x at
     # 2-4 images; SDXL at 1024x1024 none.
     batch_max_images: int = 1
+    # Whether LoRA adapters of its family apply (not to our shapes model: an SD 1 pipeline,
+    # but not SD 1's layer sizes, so no SD 1 adapter fits it).
+    offers_loras: bool = True
 
     def as_wire(self, loras: list[str] | None = None) -> Engine:
         return Engine(
@@ -180,8 +183,9 @@ class EngineSpec:
 
     @property
     def takes_loras(self) -> bool:
-        """Whether LoRA adapters apply to it: the diffusion engines (not the upscalers)."""
-        return bool(self.tasks & DIFFUSION_TASKS)
+        """Whether LoRA adapters apply to it: the diffusion engines (not the upscalers), but
+        those that say otherwise."""
+        return self.offers_loras and bool(self.tasks & DIFFUSION_TASKS)
 
     def check_size(self, width: int, height: int) -> None:
         """Raise the spec's size error when width x height is not allowed for this engine."""
@@ -229,6 +233,7 @@ CATALOGUE: dict[str, EngineSpec] = {
             default_width=128,
             default_height=128,
             cost_factor=0.5,
+            offers_loras=False,
         ),
         EngineSpec(
             id="stable-diffusion-v1-6",
