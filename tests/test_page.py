@@ -33,6 +33,9 @@ ESRGAN = "esrgan-v1-x2plus"
 LATENT_UPSCALER = "stable-diffusion-x4-latent-upscaler"
 SDXL = "stable-diffusion-xl-1024-v1-0"
 SD21 = "stable-diffusion-512-v2-1"
+SD16 = "stable-diffusion-v1-6"
+SDXL_BETA = "stable-diffusion-xl-beta-v2-2-2"
+STYLE, DETAIL, XL_STYLE = "tiny-sd1-style", "tiny-sd1-detail", "tiny-sdxl-style"
 PROMPT = "#prompts .prompt:first-child .text"
 # How long an expectation may wait for the page: an upper bound for a slow machine, never a
 # measurement (each expectation returns as soon as it holds).
@@ -142,7 +145,8 @@ def test_the_page_and_its_files_are_served_with_security_headers(server: Server)
         scripts = re.findall(r'src="(/playground/[^"]+)"', page.text)
         styles = re.findall(r'href="(/playground/[^"]+)"', page.text)
         assert scripts == ["/playground/playground.js"] and styles
-        for path in ("/", *scripts, *styles, "/playground/api.js", "/playground/engines.js"):
+        modules = ("api.js", "engines.js", "stage.js", "loras.js")
+        for path in ("/", *scripts, *styles, *(f"/playground/{name}" for name in modules)):
             answer = client.get(path)
             assert answer.status_code == 200, path
             assert "script-src 'self'" in answer.headers["content-security-policy"]
@@ -494,3 +498,149 @@ def test_upscale_and_a_bad_size_shows_the_400_message(
     expect(page.locator("#error")).to_be_hidden()
     out = png_image(result_png(server, key, figure.get_attribute("data-generation") or ""))
     assert out.size == (256, 256)
+
+
+# -- LoRA adapters ---------------------------------------------------------------------------
+
+
+def lora_menus(page: Page) -> list[dict[str, Any]]:
+    """Each adapter row: its adapter, its menu's options and which of them are disabled."""
+    return page.locator("#loras .lora .name").evaluate_all(
+        """selects => selects.map(select => ({
+            value: select.value,
+            options: [...select.options].map(o => o.value),
+            disabled: [...select.options].filter(o => o.disabled).map(o => o.value),
+        }))"""
+    )
+
+
+def small_sd16_request(page: Page, prompt: str) -> None:
+    """SD 1.6 at its smallest size, 10 steps, seed 42 (a fast generation)."""
+    page.select_option("#engine", SD16)
+    page.select_option("#width", "320")
+    page.select_option("#height", "320")
+    page.fill(PROMPT, prompt)
+    page.fill("#steps", "10")
+    page.fill("#seed", "42")
+
+
+def test_the_lora_picker_offers_the_engines_adapters_and_sends_them(
+    playground: Playground, server: Server, key: str
+) -> None:
+    """The adapters of GET /v1/engines/list, each at most once, with the OpenAPI document's
+    weight bounds; the rows are dropped for an engine that does not offer their adapter and
+    hidden where there are none; text-to-image sends exactly the `loras` chosen, which draw
+    what the same request made directly draws."""
+    page = playground.page
+    picker = page.locator("fieldset:has(#loras)")
+    add = page.locator("#add-lora")
+    with httpx.Client(base_url=server.base_url) as client:
+        listed = client.get("/v1/engines/list", headers={"Authorization": f"Bearer {key}"})
+    offered = {engine["id"]: engine["loras"] for engine in listed.json()}
+    assert offered[SD16] == [DETAIL, STYLE] and offered[SD21] == []
+    page.select_option("#engine", SD21)
+    expect(picker).to_be_hidden()  # it offers none
+    small_sd16_request(page, "a lighthouse")
+    expect(picker).to_be_visible()
+    expect(page.locator("#loras .lora")).to_have_count(0)
+    add.click()
+    add.click()  # the second adapter: all are now named
+    expect(add).to_be_disabled()
+    assert lora_menus(page) == [
+        {"value": DETAIL, "options": [DETAIL, STYLE], "disabled": [STYLE]},
+        {"value": STYLE, "options": [DETAIL, STYLE], "disabled": [DETAIL]},
+    ]
+    weight = page.locator("#loras .lora .weight").first
+    expect(weight).to_have_value("1")
+    for attribute, value in (("min", "-4"), ("max", "4"), ("step", "0.05")):
+        expect(weight).to_have_attribute(attribute, value)  # bounds: the OpenAPI document's
+    page.locator("#loras .lora .remove").first.click()  # DETAIL's row
+    expect(add).to_be_enabled()
+    page.locator("#loras .lora .weight").fill("1.5")
+
+    with page.expect_request(lambda r: r.method == "POST") as posted:
+        page.click("#generate")
+    figure = page.locator("#gallery figure")
+    expect(figure).to_have_count(1)
+    expect(page.locator("#error")).to_be_hidden()
+    body = posted.value.post_data_json
+    assert body is not None and body["loras"] == [{"name": STYLE, "weight": 1.5}]
+    with httpx.Client(base_url=server.base_url, timeout=120) as client:
+        direct = client.post(
+            f"/v1/generation/{SD16}/text-to-image",
+            json=body,
+            headers={"Authorization": f"Bearer {key}", "Accept": "application/json"},
+        )
+    assert direct.status_code == 200, direct.text
+    drawn = png_image(result_png(server, key, figure.get_attribute("data-generation") or ""))
+    same = png_image(base64.b64decode(direct.json()["artifacts"][0]["base64"]))
+    assert (pixels(drawn) == pixels(same)).all()
+
+    # SDXL offers only its own adapter: the row is dropped; its sibling keeps the row it offers.
+    page.select_option("#engine", SDXL)
+    expect(page.locator("#loras .lora")).to_have_count(0)
+    add.click()
+    expect(add).to_be_disabled()
+    assert lora_menus(page) == [{"value": XL_STYLE, "options": [XL_STYLE], "disabled": []}]
+    page.select_option("#engine", SDXL_BETA)
+    assert lora_menus(page) == [{"value": XL_STYLE, "options": [XL_STYLE], "disabled": []}]
+    page.select_option("#engine", SD21)
+    expect(picker).to_be_hidden()
+    expect(page.locator("#loras .lora")).to_have_count(0)
+    page.select_option("#engine", SD16)  # the dropped rows stay dropped
+    expect(picker).to_be_visible()
+    expect(page.locator("#loras .lora")).to_have_count(0)
+    page.select_option("#task", "image-to-image/upscale")
+    expect(picker).to_be_hidden()
+
+
+# Records the parts of each multipart body the page posts, as [name, value] ("file <name>" for
+# a file): Chromium gives Playwright no body that holds a file.
+RECORD_FORMS = """() => {
+    window.postedForms = [];
+    const fetch = window.fetch;
+    window.fetch = (resource, init = {}) => {
+        if (init.body instanceof FormData) {
+            window.postedForms.push([...init.body.entries()].map(([name, value]) =>
+                [name, typeof value === "string" ? value : `file ${value.name}`]));
+        }
+        return fetch(resource, init);
+    };
+}"""
+
+
+def test_image_to_image_sends_the_lora_adapters_as_multipart_parts(
+    playground: Playground,
+) -> None:
+    page = playground.page
+    page.evaluate(RECORD_FORMS)
+    page.select_option("#task", "image-to-image")
+    small_sd16_request(page, "a lighthouse")
+    upload(page, sample_picture(320, 320))
+    expect(page.locator("#init-canvas")).to_have_attribute("width", "320")
+    page.fill("#strength", "0.5")
+    page.click("#add-lora")
+    page.locator("#loras .lora .name").select_option(STYLE)  # instead of the first offered
+    page.click("#add-lora")  # the one left
+    expect(page.locator("#loras .lora .name").nth(1)).to_have_value(DETAIL)
+    page.locator("#loras .lora .weight").nth(1).fill("-0.25")
+    page.click("#generate")
+    expect(page.locator("#gallery figure")).to_have_count(1)
+    expect(page.locator("#error")).to_be_hidden()
+    assert page.evaluate("() => window.postedForms") == [
+        [
+            ["text_prompts[0][text]", "a lighthouse"],
+            ["text_prompts[0][weight]", "1"],
+            ["loras[0][name]", STYLE],
+            ["loras[0][weight]", "1"],
+            ["loras[1][name]", DETAIL],
+            ["loras[1][weight]", "-0.25"],
+            ["samples", "1"],
+            ["steps", "10"],
+            ["cfg_scale", "7"],
+            ["seed", "42"],
+            ["init_image_mode", "IMAGE_STRENGTH"],
+            ["image_strength", "0.5"],
+            ["init_image", "file init.png"],
+        ]
+    ]

@@ -3,6 +3,7 @@
 
 import { ApiError, Client, finished } from "./api.js";
 import * as catalogue from "./engines.js";
+import { LoraPicker } from "./loras.js";
 import { InitImage, MaskPainter } from "./stage.js";
 
 const { TEXT_TO_IMAGE, IMAGE_TO_IMAGE, MASKING, UPSCALE } = catalogue;
@@ -17,6 +18,7 @@ const state = {
 };
 let painter;
 let init;
+let loras;
 
 // -- key, engines, balance ------------------------------------------------------------------
 
@@ -94,6 +96,9 @@ function engineOption(engine) {
 
 function engineChanged() {
   fillSizes(true);
+  // Its LoRA adapters (GET /v1/engines/list); none on upscale.
+  const engine = state.engines.find((listed) => listed.id === $("engine").value);
+  loras.offer($("task").value === UPSCALE ? [] : (engine?.loras ?? []));
   showSections();
   updateButtons();
 }
@@ -130,6 +135,7 @@ function showSections() {
     prompts: prompted,
     steps: prompted,
     diffusion: task !== UPSCALE,
+    loras: task !== UPSCALE && loras.available,
     init: task !== TEXT_TO_IMAGE,
     fitted: task === IMAGE_TO_IMAGE || task === MASKING,
     mask: task === MASKING,
@@ -167,6 +173,7 @@ async function loadSchema() {
     const bounds = { steps: "steps", cfg: "cfg_scale", samples: "samples", seed: "seed" };
     for (const [id, field] of Object.entries(bounds)) limit($(id), fields[field]);
     limit($("strength"), schemas.ImageToImageRequestBody?.properties?.image_strength);
+    loras.limit(fields.loras, schemas.LoraRequest);
   } catch (error) {
     showError(error);
   }
@@ -226,6 +233,8 @@ function fields(task, engineId) {
     put("samples", value("samples"));
     put("sampler", value("sampler"), false);
     put("style_preset", value("style"), false);
+    const adapters = loras.chosen(); // none: the engine as configured
+    if (adapters.length) chosen.loras = adapters;
   }
   put("steps", value("steps"));
   put("cfg_scale", value("cfg"));
@@ -243,12 +252,11 @@ async function requestBody(task, engineId) {
   const textPrompts = prompted ? prompts() : []; // ESRGAN takes none
   if (task === TEXT_TO_IMAGE) return { text_prompts: textPrompts, ...chosen };
   if (!init.chosen) throw new ApiError(0, "no_init_image", "choose an init image first");
+  const { loras: adapters = [], ...scalars } = chosen;
   const form = new FormData();
-  textPrompts.forEach((prompt, index) => {
-    form.append(`text_prompts[${index}][text]`, prompt.text);
-    form.append(`text_prompts[${index}][weight]`, String(prompt.weight));
-  });
-  for (const [name, value] of Object.entries(chosen)) form.append(name, String(value));
+  appendList(form, "text_prompts", textPrompts);
+  appendList(form, "loras", adapters);
+  for (const [name, value] of Object.entries(scalars)) form.append(name, String(value));
   if (task === UPSCALE) {
     form.append("image", init.original(), "image.png");
   } else {
@@ -260,6 +268,15 @@ async function requestBody(task, engineId) {
     form.append("mask_image", await painter.toBlob(), "mask.png");
   }
   return form;
+}
+
+// A list of objects as the parts `field[index][key]` (docs/api.md, "Multipart bodies").
+function appendList(form, field, items) {
+  items.forEach((item, index) => {
+    for (const [key, value] of Object.entries(item)) {
+      form.append(`${field}[${index}][${key}]`, String(value));
+    }
+  });
 }
 
 async function generate(event) {
@@ -375,6 +392,7 @@ function hideError() {
 function start() {
   painter = new MaskPainter($("mask-canvas"));
   init = new InitImage($("init-canvas"), painter);
+  loras = new LoraPicker($("loras"), $("add-lora"), $("lora-row"));
   addPrompt("", 1);
   addPrompt("", -1);
   let typing;

@@ -35,6 +35,7 @@ ASSETS = {
     "api.js": "text/javascript",
     "engines.js": "text/javascript",
     "stage.js": "text/javascript",
+    "loras.js": "text/javascript",
     "playground.css": "text/css",
 }
 
