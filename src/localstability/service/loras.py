@@ -52,7 +52,7 @@ class LoraFolder:
         if not configured:
             return
         if not engine.takes_loras:
-            raise ValueError(f"engine {engine.id}: takes no LoRA adapters (a diffusion engine does)")
+            raise ValueError(f"engine {engine.id} takes no LoRA adapters")
         offered = self.offered(engine)
         for lora in configured:
             if lora.name not in offered:
