@@ -19,6 +19,8 @@ class Family(StrEnum):
     SD1 = "sd1"
     SD2 = "sd2"
     SDXL = "sdxl"
+    SD3 = "sd3"  # Stable Diffusion 3.5: MMDiT, flow matching, CLIP x2 + T5
+    FLUX = "flux"  # FLUX.1: flow matching, CLIP + T5, guidance-distilled
     ESRGAN = "esrgan"
     LATENT_UPSCALER = "latent-upscaler"
 
@@ -125,6 +127,36 @@ def shapes_rule(engine_id: str, width: int, height: int) -> None:
         )
 
 
+# The flow-matching families (SD 3.5, Flux): sides in multiples of this (their VAE's 8 times
+# the transformer's 2x2 patches), within a pixel-count range per model.
+FLOW_SIZE_STEP = 16
+FLOW_MIN_SIDE, FLOW_MAX_SIDE = 256, 2048
+
+
+def flow_rule(low: int, high: int, trained: str) -> SizeRule:
+    """SD 3.5 and Flux: both sides multiples of 16 between 256 and 2048, and
+    low <= width * height <= high (`trained` names the range in the error message)."""
+
+    def rule(engine_id: str, width: int, height: int) -> None:
+        sides_ok = all(FLOW_MIN_SIDE <= side <= FLOW_MAX_SIDE for side in (width, height))
+        if width % FLOW_SIZE_STEP or height % FLOW_SIZE_STEP or not sides_ok:
+            raise errors.InvalidHeightOrWidth(
+                f"for {engine_id} height and width must be multiples of {FLOW_SIZE_STEP} between "
+                f"{FLOW_MIN_SIDE} and {FLOW_MAX_SIDE}, but we received {width}x{height}"
+            )
+        if not low <= width * height <= high:
+            raise errors.InvalidPixelCount(
+                f"for {engine_id} the pixel count (width x height) must be between {low:,} and "
+                f"{high:,} ({trained}), but we received {width}x{height} = {width * height:,}"
+            )
+
+    return rule
+
+
+SD35_LARGE_RULE = flow_rule(262_144, 1_048_576, "0.25 to 1 megapixel, as SD 3.5 Large was trained")
+SD35_MEDIUM_RULE = flow_rule(262_144, 2_073_600, "SD 3.5 Medium was trained up to 1440x1440")
+FLUX_RULE = flow_rule(65_536, 2_097_152, "FLUX.1 takes 0.06 to 2 megapixels")
+
 SHAPES_ENGINE_ID = "localstability-shapes-v1"
 
 
@@ -168,6 +200,12 @@ class EngineSpec:
     # On where bench/batching.py measured a gain (tiny models, CPU): SD 1.x/2.x 1.2-1.4x at
     # 2-4 images; SDXL at 1024x1024 none.
     batch_max_images: int = 1
+    # What a request that leaves steps or cfg_scale out gets (None: the wire's 30 and 7).
+    default_steps: int | None = None
+    default_cfg_scale: float | None = None
+    # Listed and served only where its weights are on this machine or the operator configured
+    # it (an [engines.ID] table): the large models nobody has by default (service/tasks.py).
+    needs_weights: bool = False
 
     def as_wire(self) -> Engine:
         return Engine(id=self.id, name=self.name, description=self.description, type=self.type)
@@ -262,6 +300,83 @@ CATALOGUE: dict[str, EngineSpec] = {
             size_rule=sdxl_v222_rule,
         ),
         EngineSpec(
+            id="stable-diffusion-3-5-large",
+            name="Stable Diffusion 3.5 Large",
+            description="Stability-AI Stable Diffusion 3.5 Large (MMDiT, flow matching)",
+            family=Family.SD3,
+            tasks=DIFFUSION_TASKS,
+            default_source="stabilityai/stable-diffusion-3.5-large",
+            size_rule=SD35_LARGE_RULE,
+            default_width=1024,
+            default_height=1024,
+            default_steps=28,
+            default_cfg_scale=3.5,
+            cost_factor=2.5,
+            needs_weights=True,
+        ),
+        EngineSpec(
+            id="stable-diffusion-3-5-large-turbo",
+            name="Stable Diffusion 3.5 Large Turbo",
+            description="Stability-AI Stable Diffusion 3.5 Large Turbo (few steps, no guidance)",
+            family=Family.SD3,
+            tasks=DIFFUSION_TASKS,
+            default_source="stabilityai/stable-diffusion-3.5-large-turbo",
+            size_rule=SD35_LARGE_RULE,
+            default_width=1024,
+            default_height=1024,
+            default_steps=10,  # the model card's 4 is below v1's floor of 10
+            default_cfg_scale=0.0,
+            cost_factor=2.5,
+            needs_weights=True,
+        ),
+        EngineSpec(
+            id="stable-diffusion-3-5-medium",
+            name="Stable Diffusion 3.5 Medium",
+            description="Stability-AI Stable Diffusion 3.5 Medium (MMDiT-X, flow matching)",
+            family=Family.SD3,
+            tasks=DIFFUSION_TASKS,
+            default_source="stabilityai/stable-diffusion-3.5-medium",
+            size_rule=SD35_MEDIUM_RULE,
+            default_width=1024,
+            default_height=1024,
+            default_steps=40,
+            default_cfg_scale=4.5,
+            cost_factor=1.0,
+            needs_weights=True,
+        ),
+        EngineSpec(
+            id="flux-1-schnell",
+            name="FLUX.1 [schnell]",
+            description="Black Forest Labs FLUX.1 [schnell] (few steps, no guidance, "
+            "no negative prompts)",
+            family=Family.FLUX,
+            tasks=DIFFUSION_TASKS,
+            default_source="black-forest-labs/FLUX.1-schnell",
+            size_rule=FLUX_RULE,
+            default_width=1024,
+            default_height=1024,
+            default_steps=10,  # the model card's 4 is below v1's floor of 10
+            default_cfg_scale=0.0,
+            cost_factor=3.0,
+            needs_weights=True,
+        ),
+        EngineSpec(
+            id="flux-1-dev",
+            name="FLUX.1 [dev]",
+            description="Black Forest Labs FLUX.1 [dev] (guidance-distilled: cfg_scale is its "
+            "guidance; no negative prompts)",
+            family=Family.FLUX,
+            tasks=DIFFUSION_TASKS,
+            default_source="black-forest-labs/FLUX.1-dev",
+            size_rule=FLUX_RULE,
+            default_width=1024,
+            default_height=1024,
+            default_steps=28,
+            default_cfg_scale=3.5,
+            cost_factor=3.0,
+            needs_weights=True,
+        ),
+        EngineSpec(
             id="esrgan-v1-x2plus",
             name="Real-ESRGAN x2",
             description="Real-ESRGAN_x2plus upscaler model",
@@ -295,6 +410,8 @@ FAMILY_TEMPLATES: dict[Family, str] = {
     Family.SD1: "stable-diffusion-v1-6",
     Family.SD2: "stable-diffusion-512-v2-1",
     Family.SDXL: "stable-diffusion-xl-1024-v1-0",
+    Family.SD3: "stable-diffusion-3-5-large",
+    Family.FLUX: "flux-1-dev",
     Family.ESRGAN: "esrgan-v1-x2plus",
     Family.LATENT_UPSCALER: "stable-diffusion-x4-latent-upscaler",
 }
@@ -316,6 +433,7 @@ def custom_engine(
         description=description or f"{engine_id}: {family.value} weights served by this server",
         default_source=source,
         fallback_source=None,
+        needs_weights=False,  # the operator configured it
     )
 
 

@@ -61,6 +61,11 @@ class FamilyAdapter:
     samplers: ClassVar[Mapping[Sampler, SchedulerChoice]] = MappingProxyType({})
     # The sampler of a request that names none (None: the request must name one).
     default_sampler: ClassVar[Sampler | None] = DEFAULT_SAMPLER
+    # Whether its models take negative prompts (FLUX.1, guidance-distilled, has none).
+    negative_prompts: ClassVar[bool] = True
+    # Whether its image-to-image pipeline must be told the init image's size (else it makes
+    # its default size: SD 3.5's and FLUX's); the others take the size of the image.
+    img2img_takes_size: ClassVar[bool] = False
 
     @property
     def name(self) -> str:
