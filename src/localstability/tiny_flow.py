@@ -8,7 +8,7 @@ style, latent channels and scaling), seeded random weights, every image noise.
     :class:`~diffusers.StableDiffusion3Pipeline` shaped like SD 3.5: two CLIP text encoders
     with projections (the real CLIP vocabulary, as in ``tiny``), a T5 encoder with the tokenizer
     built here, an :class:`~diffusers.SD3Transformer2DModel` (patch 2, 16 latent channels,
-    3.5's QK RMS norm and a dual-attention first layer), a 16-channel VAE without quant convs
+    3.5's QK RMS norm, one dual-attention layer), a 16-channel VAE without quant convs
     (scaling 1.5305, shift 0.0609) and SD 3.5's FlowMatchEuler scheduler (shift 3.0).
 ``flux``
     :class:`~diffusers.FluxPipeline` shaped like FLUX.1 [dev]: one CLIP text encoder (its
@@ -178,7 +178,7 @@ def build_sd3() -> DiffusionPipeline:
             patch_size=2,
             in_channels=_LATENT_CHANNELS,
             out_channels=_LATENT_CHANNELS,
-            num_layers=2,
+            num_layers=1,
             attention_head_dim=_SD3_HEAD_DIM,
             num_attention_heads=_SD3_HEADS,
             joint_attention_dim=_T5_HIDDEN,

@@ -43,7 +43,6 @@ from localstability.service.prompts import weighted_prompts
 from localstability.service.records import extra_prompts
 from localstability.service.seeds import sample_seeds
 
-
 Body = TypeVar("Body", bound=GenerationRequestOptionalParams)
 
 

@@ -1,13 +1,14 @@
 """The flow-matching families: Stable Diffusion 3.5 (two CLIP encoders and T5) and FLUX.1
 (one CLIP encoder's pooled output and T5).
 
-Their samplers are the v1 names they can honour (`SD3_SAMPLERS`, `FLUX_SAMPLERS` in schedulers.py). Their T5
-encoder reads a prompt up to `max_sequence_length` tokens (512 for SD 3.5 and FLUX.1 [dev], the
-most T5 takes; 256 for FLUX.1 [schnell], the length it was distilled with); the CLIP encoders
-read the first 77, as in every family. SD 3.5 takes negative prompts (classifier-free guidance
-on the negative embeddings); FLUX.1 is guidance-distilled and has none, so it takes no negative
-prompt (`negative_prompts = False`: the service answers 400) and `cfg_scale` is its distilled
-guidance (ignored by [schnell], which has no guidance embedding).
+Their samplers are the v1 names they can honour (`SD3_SAMPLERS`, `FLUX_SAMPLERS` in
+schedulers.py). Their T5 encoder reads a prompt up to `max_sequence_length` tokens (512 for
+SD 3.5 and FLUX.1 [dev], the most T5 takes; 256 for FLUX.1 [schnell], the length it was
+distilled with); the CLIP encoders read the first 77, as in every family. SD 3.5 takes negative
+prompts (classifier-free guidance on the negative embeddings); FLUX.1 is guidance-distilled and
+has none, so it takes no negative prompt (`negative_prompts = False`: the service answers 400)
+and `cfg_scale` is its distilled guidance (ignored by [schnell], which has no guidance
+embedding).
 """
 
 from __future__ import annotations
