@@ -13,6 +13,7 @@ from pathlib import Path
 
 from localstability import errors
 from localstability.protocol import Engine, EngineType
+from localstability.sizes_flow import FLUX_RULE, SD35_LARGE_RULE, SD35_MEDIUM_RULE
 
 
 class Family(StrEnum):
@@ -127,36 +128,6 @@ def shapes_rule(engine_id: str, width: int, height: int) -> None:
         )
 
 
-# The flow-matching families (SD 3.5, Flux): sides in multiples of this (their VAE's 8 times
-# the transformer's 2x2 patches), within a pixel-count range per model.
-FLOW_SIZE_STEP = 16
-FLOW_MIN_SIDE, FLOW_MAX_SIDE = 256, 2048
-
-
-def flow_rule(low: int, high: int, trained: str) -> SizeRule:
-    """SD 3.5 and Flux: both sides multiples of 16 between 256 and 2048, and
-    low <= width * height <= high (`trained` names the range in the error message)."""
-
-    def rule(engine_id: str, width: int, height: int) -> None:
-        sides_ok = all(FLOW_MIN_SIDE <= side <= FLOW_MAX_SIDE for side in (width, height))
-        if width % FLOW_SIZE_STEP or height % FLOW_SIZE_STEP or not sides_ok:
-            raise errors.InvalidHeightOrWidth(
-                f"for {engine_id} height and width must be multiples of {FLOW_SIZE_STEP} between "
-                f"{FLOW_MIN_SIDE} and {FLOW_MAX_SIDE}, but we received {width}x{height}"
-            )
-        if not low <= width * height <= high:
-            raise errors.InvalidPixelCount(
-                f"for {engine_id} the pixel count (width x height) must be between {low:,} and "
-                f"{high:,} ({trained}), but we received {width}x{height} = {width * height:,}"
-            )
-
-    return rule
-
-
-SD35_LARGE_RULE = flow_rule(262_144, 1_048_576, "0.25 to 1 megapixel, as SD 3.5 Large was trained")
-SD35_MEDIUM_RULE = flow_rule(262_144, 2_073_600, "SD 3.5 Medium was trained up to 1440x1440")
-FLUX_RULE = flow_rule(65_536, 2_097_152, "FLUX.1 takes 0.06 to 2 megapixels")
-
 SHAPES_ENGINE_ID = "localstability-shapes-v1"
 
 
@@ -240,6 +211,37 @@ class EngineSpec:
         return self.family != Family.ESRGAN
 
 
+def _flow(
+    engine_id: str,
+    name: str,
+    description: str,
+    family: Family,
+    source: str,
+    size_rule: SizeRule,
+    *,
+    steps: int,
+    cfg_scale: float,
+    cost_factor: float,
+) -> EngineSpec:
+    """An SD 3.5 or FLUX.1 engine: every diffusion task, 1024x1024 by default, its own steps
+    and guidance, listed once its weights are here (docs/models.md)."""
+    return EngineSpec(
+        id=engine_id,
+        name=name,
+        description=description,
+        family=family,
+        tasks=DIFFUSION_TASKS,
+        default_source=source,
+        size_rule=size_rule,
+        default_width=1024,
+        default_height=1024,
+        default_steps=steps,
+        default_cfg_scale=cfg_scale,
+        cost_factor=cost_factor,
+        needs_weights=True,
+    )
+
+
 CATALOGUE: dict[str, EngineSpec] = {
     spec.id: spec
     for spec in (
@@ -299,82 +301,61 @@ CATALOGUE: dict[str, EngineSpec] = {
             default_source="stabilityai/stable-diffusion-xl-base-1.0",
             size_rule=sdxl_v222_rule,
         ),
-        EngineSpec(
-            id="stable-diffusion-3-5-large",
-            name="Stable Diffusion 3.5 Large",
-            description="Stability-AI Stable Diffusion 3.5 Large (MMDiT, flow matching)",
-            family=Family.SD3,
-            tasks=DIFFUSION_TASKS,
-            default_source="stabilityai/stable-diffusion-3.5-large",
-            size_rule=SD35_LARGE_RULE,
-            default_width=1024,
-            default_height=1024,
-            default_steps=28,
-            default_cfg_scale=3.5,
+        _flow(
+            "stable-diffusion-3-5-large",
+            "Stable Diffusion 3.5 Large",
+            "Stability-AI Stable Diffusion 3.5 Large (MMDiT, flow matching)",
+            Family.SD3,
+            "stabilityai/stable-diffusion-3.5-large",
+            SD35_LARGE_RULE,
+            steps=28,
+            cfg_scale=3.5,
             cost_factor=2.5,
-            needs_weights=True,
         ),
-        EngineSpec(
-            id="stable-diffusion-3-5-large-turbo",
-            name="Stable Diffusion 3.5 Large Turbo",
-            description="Stability-AI Stable Diffusion 3.5 Large Turbo (few steps, no guidance)",
-            family=Family.SD3,
-            tasks=DIFFUSION_TASKS,
-            default_source="stabilityai/stable-diffusion-3.5-large-turbo",
-            size_rule=SD35_LARGE_RULE,
-            default_width=1024,
-            default_height=1024,
-            default_steps=10,  # the model card's 4 is below v1's floor of 10
-            default_cfg_scale=0.0,
+        _flow(
+            "stable-diffusion-3-5-large-turbo",
+            "Stable Diffusion 3.5 Large Turbo",
+            "Stability-AI Stable Diffusion 3.5 Large Turbo (few steps, no guidance)",
+            Family.SD3,
+            "stabilityai/stable-diffusion-3.5-large-turbo",
+            SD35_LARGE_RULE,
+            steps=10,  # the model card's 4 is below v1's floor of 10
+            cfg_scale=0.0,
             cost_factor=2.5,
-            needs_weights=True,
         ),
-        EngineSpec(
-            id="stable-diffusion-3-5-medium",
-            name="Stable Diffusion 3.5 Medium",
-            description="Stability-AI Stable Diffusion 3.5 Medium (MMDiT-X, flow matching)",
-            family=Family.SD3,
-            tasks=DIFFUSION_TASKS,
-            default_source="stabilityai/stable-diffusion-3.5-medium",
-            size_rule=SD35_MEDIUM_RULE,
-            default_width=1024,
-            default_height=1024,
-            default_steps=40,
-            default_cfg_scale=4.5,
+        _flow(
+            "stable-diffusion-3-5-medium",
+            "Stable Diffusion 3.5 Medium",
+            "Stability-AI Stable Diffusion 3.5 Medium (MMDiT-X, flow matching)",
+            Family.SD3,
+            "stabilityai/stable-diffusion-3.5-medium",
+            SD35_MEDIUM_RULE,
+            steps=40,
+            cfg_scale=4.5,
             cost_factor=1.0,
-            needs_weights=True,
         ),
-        EngineSpec(
-            id="flux-1-schnell",
-            name="FLUX.1 [schnell]",
-            description="Black Forest Labs FLUX.1 [schnell] (few steps, no guidance, "
+        _flow(
+            "flux-1-schnell",
+            "FLUX.1 [schnell]",
+            "Black Forest Labs FLUX.1 [schnell] (few steps, no guidance, no negative prompts)",
+            Family.FLUX,
+            "black-forest-labs/FLUX.1-schnell",
+            FLUX_RULE,
+            steps=10,  # the model card's 4 is below v1's floor of 10
+            cfg_scale=0.0,
+            cost_factor=3.0,
+        ),
+        _flow(
+            "flux-1-dev",
+            "FLUX.1 [dev]",
+            "Black Forest Labs FLUX.1 [dev] (guidance-distilled: cfg_scale is its guidance; "
             "no negative prompts)",
-            family=Family.FLUX,
-            tasks=DIFFUSION_TASKS,
-            default_source="black-forest-labs/FLUX.1-schnell",
-            size_rule=FLUX_RULE,
-            default_width=1024,
-            default_height=1024,
-            default_steps=10,  # the model card's 4 is below v1's floor of 10
-            default_cfg_scale=0.0,
+            Family.FLUX,
+            "black-forest-labs/FLUX.1-dev",
+            FLUX_RULE,
+            steps=28,
+            cfg_scale=3.5,
             cost_factor=3.0,
-            needs_weights=True,
-        ),
-        EngineSpec(
-            id="flux-1-dev",
-            name="FLUX.1 [dev]",
-            description="Black Forest Labs FLUX.1 [dev] (guidance-distilled: cfg_scale is its "
-            "guidance; no negative prompts)",
-            family=Family.FLUX,
-            tasks=DIFFUSION_TASKS,
-            default_source="black-forest-labs/FLUX.1-dev",
-            size_rule=FLUX_RULE,
-            default_width=1024,
-            default_height=1024,
-            default_steps=28,
-            default_cfg_scale=3.5,
-            cost_factor=3.0,
-            needs_weights=True,
         ),
         EngineSpec(
             id="esrgan-v1-x2plus",
