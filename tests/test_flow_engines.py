@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from localstability.config import Settings
-from localstability.engines import CATALOGUE
+from localstability.engines import CATALOGUE, Family
 from localstability.protocol import TextToImageRequestBody
 from localstability.service.tasks import TaskBuilder, engine_defaults
 from tests.conftest import Deployment
@@ -174,6 +174,18 @@ def test_listed_only_once_configured_or_present(tmp_path: Path, tiny_dir: Path) 
     assert {e.id for e in configured.engines()} & set(FLOW_ENGINES) == {FLUX_DEV, SD3}
     # Weights on this machine are enough: a local source that exists.
     assert configured.engine(FLUX_DEV).id == FLUX_DEV
+
+
+def test_own_engines_of_these_families(tmp_path: Path, tiny_dir: Path) -> None:
+    """Their family read from the folder, the rules of the family's catalogue engine."""
+    engines = {
+        "house-flux": {"source": str(tiny_dir / "flux-schnell")},
+        "house-sd3": {"source": str(tiny_dir / "sd3")},
+    }
+    builder = TaskBuilder(Settings(data_dir=tmp_path, offline=True, engines=engines))
+    flux, sd3 = builder.engine("house-flux"), builder.engine("house-sd3")
+    assert (flux.family, flux.size_rule) == (Family.FLUX, CATALOGUE[FLUX_DEV].size_rule)
+    assert (sd3.family, sd3.default_steps) == (Family.SD3, CATALOGUE[SD3].default_steps)
 
 
 def test_mcp_tools(mcp_deployment: Deployment) -> None:
