@@ -25,6 +25,7 @@ from localstability.tiny_flow import make_t5_tokenizer
 
 TEXT = "a red house by a lake"
 NEGATIVE = "blurry, low quality"
+FLUX_ID = "flux-1-schnell"
 # Longer than CLIP's 77 tokens: the rest reaches T5 only.
 LONG = " ".join(["a lighthouse on a cliff above a stormy sea"] * 20)
 
@@ -125,3 +126,14 @@ def test_the_tiny_t5_tokenizer_has_t5s_layout() -> None:
     assert ids[-1] == 1 and 2 not in ids  # </s> at the end, nothing unknown
     assert tokenizer.decode(ids, skip_special_tokens=True) == "A photo of a cat"
     assert make_t5_tokenizer()("A photo of a cat").input_ids == ids  # deterministic
+
+
+def test_a_float16_deployment_loads_them_in_bfloat16(tiny_dir: Path) -> None:
+    """Their weights overflow in float16; float32 and the other families' float16 are kept."""
+    source = WeightSource(FLUX_ID, Family.FLUX, str(tiny_dir / "flux-schnell"))
+    pipe = load_pipeline(source, "cpu", torch.float16, True)
+    assert pipe.transformer.dtype == pipe.vae.dtype == torch.bfloat16
+    view = adapter_for(Family.FLUX).view(pipe, Role.IMG2IMG, None)
+    assert view.transformer.dtype == torch.bfloat16
+    assert adapter_for(Family.SD3).load_dtype(torch.float32) == torch.float32
+    assert adapter_for(Family.SDXL).load_dtype(torch.float16) == torch.float16

@@ -8,7 +8,8 @@ distilled with); the CLIP encoders read the first 77, as in every family. SD 3.5
 prompts (classifier-free guidance on the negative embeddings); FLUX.1 is guidance-distilled and
 has none, so it takes no negative prompt (`negative_prompts = False`: the service answers 400)
 and `cfg_scale` is its distilled guidance (ignored by [schnell], which has no guidance
-embedding).
+embedding). Their published weights are bfloat16 and overflow in float16 (black or NaN
+images), so a float16 deployment loads them in bfloat16.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class StableDiffusion3(FamilyAdapter):
     samplers: ClassVar[Mapping[Sampler, SchedulerChoice]] = SD3_SAMPLERS
     default_sampler: ClassVar[Sampler | None] = Sampler.K_EULER
     img2img_takes_size: ClassVar[bool] = True
+    instead_of_float16: ClassVar[str | None] = "bfloat16"
 
     def max_sequence_length(self, pipe: Any) -> int:
         return T5_MAX_LENGTH
@@ -88,6 +90,7 @@ class Flux(FamilyAdapter):
     default_sampler: ClassVar[Sampler | None] = Sampler.K_EULER
     negative_prompts: ClassVar[bool] = False
     img2img_takes_size: ClassVar[bool] = True
+    instead_of_float16: ClassVar[str | None] = "bfloat16"
 
     def max_sequence_length(self, pipe: Any) -> int:
         """[dev] (with a guidance embedding) 512, [schnell] 256: read from the weights."""
