@@ -48,7 +48,7 @@ def test_the_engines_list_shows_them(client: httpx.Client) -> None:
 @pytest.mark.parametrize("engine", [SD3_TURBO, FLUX_DEV, FLUX_SCHNELL])
 def test_text_to_image(client: httpx.Client, engine: str) -> None:
     width, height = SMALL[engine]
-    response = t2i(client, engine, width=width, height=height, seed=11, samples=2)
+    response = t2i(client, engine, width=width, height=height, seed=11, samples=2, cfg_scale=0)
     assert response.status_code == 200, response.text
     artifacts = response.json()["artifacts"]
     assert [a["seed"] for a in artifacts] == [11, 12]
@@ -57,17 +57,15 @@ def test_text_to_image(client: httpx.Client, engine: str) -> None:
         assert png_image(base64.b64decode(artifact["base64"])).size == (width, height)
 
 
-def test_sd35_takes_negative_prompts_and_k_heun(client: httpx.Client) -> None:
+def test_sd35_takes_negative_prompts(client: httpx.Client) -> None:
     prompts = [{"text": "a lighthouse", "weight": 1}, {"text": "fog", "weight": -1}]
-    size = {"width": 256, "height": 1024, "seed": 3}  # SD 3.5 Medium's smallest: 0.25 MP
-    plain = t2i(client, SD3_MEDIUM, **size, cfg_scale=5)
-    negative = t2i(client, SD3_MEDIUM, **size, cfg_scale=5, text_prompts=prompts)
-    euler = t2i(client, SD3_MEDIUM, **size, cfg_scale=0)
-    heun = t2i(client, SD3_MEDIUM, **size, cfg_scale=0, sampler="K_HEUN")
-    for response in (plain, negative, euler, heun):
+    size = {"width": 256, "height": 1024, "seed": 3, "cfg_scale": 5}  # Medium's least: 0.25 MP
+    plain = t2i(client, SD3_MEDIUM, **size)
+    negative = t2i(client, SD3_MEDIUM, **size, text_prompts=prompts)
+    for response in (plain, negative):
         assert response.status_code == 200, response.text
-    pictures = [r.json()["artifacts"][0]["base64"] for r in (plain, negative, euler, heun)]
-    assert len(set(pictures)) == 4  # the negative prompt and the sampler each change it
+    pictures = [r.json()["artifacts"][0]["base64"] for r in (plain, negative)]
+    assert pictures[0] != pictures[1]  # the negative prompt steers the guidance
 
 
 def test_flux_has_no_negative_prompts(client: httpx.Client) -> None:
@@ -110,16 +108,18 @@ def test_size_rules(client: httpx.Client, engine: str, size: tuple[int, int], na
     assert_envelope(t2i(client, engine, width=size[0], height=size[1]), 400, name)
 
 
-@pytest.mark.parametrize(("engine", "size"), [(SD3, (512, 512)), (FLUX_DEV, (272, 256))])
+@pytest.mark.parametrize(
+    ("engine", "size", "sampler"), [(SD3, (512, 512), "K_HEUN"), (FLUX_DEV, (272, 256), "K_EULER")]
+)
 def test_image_to_image_and_masking(
-    client: httpx.Client, engine: str, size: tuple[int, int]
+    client: httpx.Client, engine: str, size: tuple[int, int], sampler: str
 ) -> None:
     init = sample_picture(*size)
     files = {"init_image": ("init.png", encode(init), "image/png")}
     fields = {**prompt_fields(("at night", 1.0)), "steps": "10", "seed": "4"}
     response = client.post(
         f"/v1/generation/{engine}/image-to-image",
-        data={**fields, "image_strength": "0.4"},
+        data={**fields, "image_strength": "0.4", "sampler": sampler},
         files=files,
         headers=ACCEPT_PNG,
     )
@@ -196,19 +196,13 @@ def test_mcp_tools(mcp_deployment: Deployment) -> None:
         async with http_session(mcp_deployment, key) as session:
             models = succeeded(await session.call_tool("list_available_models", {}))["models"]
             assert {model["id"] for model in models} >= set(FLOW_ENGINES)
-            for engine, size in [(FLUX_SCHNELL, 256), (SD3_MEDIUM, 512)]:
-                result = await session.call_tool(
-                    "generate_image_from_text",
-                    {
-                        "engine_id": engine,
-                        "prompt": "a lighthouse",
-                        "steps": 10,
-                        "width": size,
-                        "height": size,
-                    },
-                )
-                body = succeeded(result)  # 512x512 comes as a link and a preview, not inline
-                assert body["engine_id"] == engine and len(body["artifacts"]) == 1
+            # SD 3.5 Large Turbo with its own defaults (10 steps, no guidance).
+            arguments = {"engine_id": SD3_TURBO, "prompt": "a lighthouse", "width": 512}
+            result = await session.call_tool(
+                "generate_image_from_text", {**arguments, "height": 512}
+            )
+            body = succeeded(result)  # 512x512 comes as a link and a preview, not inline
+            assert body["engine_id"] == SD3_TURBO and len(body["artifacts"]) == 1
             result = await session.call_tool(
                 "transform_image",
                 {"engine_id": FLUX_DEV, "prompt": "at night", "init_image": photo, "steps": 10},
