@@ -19,6 +19,12 @@ ENGINE_IDS = [
     "stable-diffusion-512-v2-1",
     "stable-diffusion-xl-1024-v1-0",
     "stable-diffusion-xl-beta-v2-2-2",
+    # Listed because the test config configures their tiny fixtures (tests/test_flow_engines.py).
+    "stable-diffusion-3-5-large",
+    "stable-diffusion-3-5-large-turbo",
+    "stable-diffusion-3-5-medium",
+    "flux-1-schnell",
+    "flux-1-dev",
     "esrgan-v1-x2plus",
     "stable-diffusion-x4-latent-upscaler",
 ]

@@ -23,6 +23,11 @@ def test_make_tiny_writes_labelled_fixtures_and_config(tiny_dir: Path) -> None:
         "stable-diffusion-512-v2-1",
         "stable-diffusion-xl-1024-v1-0",
         "stable-diffusion-xl-beta-v2-2-2",
+        "stable-diffusion-3-5-large",
+        "stable-diffusion-3-5-large-turbo",
+        "stable-diffusion-3-5-medium",
+        "flux-1-schnell",
+        "flux-1-dev",
     ):
         assert f"[engines.{engine_id}]" in config
 
@@ -39,7 +44,7 @@ def test_models_list_shows_readiness(tiny_dir: Path) -> None:
         "  sdxl: tiny-sdxl-style",
     ]
     lines = {line.split()[0]: line for line in rows}
-    assert len(lines) == 7
+    assert len(lines) == 12
     assert "ready" in lines["localstability-shapes-v1"]
     assert "ready" in lines["stable-diffusion-v1-6"]
     assert "tiny random-weight test fixture" in lines["stable-diffusion-v1-6"]
@@ -48,6 +53,8 @@ def test_models_list_shows_readiness(tiny_dir: Path) -> None:
     assert "stabilityai/stable-diffusion-xl-base-1.0" in default
     esrgan = next(line for line in default.splitlines() if line.startswith("esrgan-v1-x2plus"))
     assert "not downloaded" in esrgan
+    flux = next(line for line in default.splitlines() if line.startswith("flux-1-dev"))
+    assert "not downloaded" in flux and "black-forest-labs/FLUX.1-dev" in flux
     shapes = next(line for line in default.splitlines() if line.startswith("localstability-shapes"))
     assert "ready" in shapes  # shipped inside the package
 

@@ -107,7 +107,11 @@ def app_client(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def test_ones_own_engines_are_listed_after_the_catalogues(app_client: TestClient) -> None:
     listed = app_client.get("/v1/engines/list").json()
-    assert [e["id"] for e in listed] == [*CATALOGUE, MINE, FROM_FILE, "house-xl"]
+    # The SD 3.5 and FLUX.1 engines are not configured here and their weights are absent: not
+    # listed (docs/models.md).
+    catalogue = [id_ for id_, engine in CATALOGUE.items() if not engine.needs_weights]
+    assert len(catalogue) == len(CATALOGUE) - 5
+    assert [e["id"] for e in listed] == [*catalogue, MINE, FROM_FILE, "house-xl"]
     mine = listed[-3]
     assert mine == {
         "id": MINE,

@@ -65,6 +65,12 @@ def test_catalogue_has_the_six_spec_engines_and_ours() -> None:
         "stable-diffusion-512-v2-1",
         "esrgan-v1-x2plus",
         "stable-diffusion-x4-latent-upscaler",
+        # The flow-matching families, beyond the spec (docs/models.md).
+        "stable-diffusion-3-5-large",
+        "stable-diffusion-3-5-large-turbo",
+        "stable-diffusion-3-5-medium",
+        "flux-1-schnell",
+        "flux-1-dev",
     }
 
 

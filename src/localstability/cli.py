@@ -360,6 +360,11 @@ TINY_ENGINES = {
     "stable-diffusion-xl-beta-v2-2-2": "sdxl",
     "stable-diffusion-x4-latent-upscaler": "sd-x4-upscaler",
     "esrgan-v1-x2plus": "esrgan",
+    "stable-diffusion-3-5-large": "sd3",
+    "stable-diffusion-3-5-large-turbo": "sd3",
+    "stable-diffusion-3-5-medium": "sd3",
+    "flux-1-dev": "flux",
+    "flux-1-schnell": "flux-schnell",
 }
 
 

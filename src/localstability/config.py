@@ -64,9 +64,9 @@ class EngineConfig(BaseModel):
     label: str | None = Field(None, description="A note shown by `models list`.")
     family: Family | None = Field(
         None,
-        description="An engine of your own: the model family of its weights (sd1, sd2, sdxl, "
-        "esrgan, latent-upscaler). Unset: detected from the weights (a diffusers folder, a "
-        "single .safetensors file, or a Hub repo already in the cache).",
+        description="An engine of your own: the model family of its weights (sd1, sd2, "
+        "sdxl, sd3, flux, esrgan, latent-upscaler). Unset: detected from the weights (a "
+        "diffusers folder, a single .safetensors file, or a Hub repo already in the cache).",
     )
     name: str | None = Field(None, description="The name /v1/engines/list gives the engine.")
     description: str | None = Field(

@@ -13,12 +13,15 @@ from pathlib import Path
 
 from localstability import errors
 from localstability.protocol import Engine, EngineType
+from localstability.sizes_flow import FLUX_RULE, SD35_LARGE_RULE, SD35_MEDIUM_RULE
 
 
 class Family(StrEnum):
     SD1 = "sd1"
     SD2 = "sd2"
     SDXL = "sdxl"
+    SD3 = "sd3"  # Stable Diffusion 3.5: MMDiT, flow matching, CLIP x2 + T5
+    FLUX = "flux"  # FLUX.1: flow matching, CLIP + T5, guidance-distilled
     ESRGAN = "esrgan"
     LATENT_UPSCALER = "latent-upscaler"
 
@@ -171,6 +174,12 @@ class EngineSpec:
     # Whether LoRA adapters of its family apply (not to our shapes model: an SD 1 pipeline,
     # but not SD 1's layer sizes, so no SD 1 adapter fits it).
     offers_loras: bool = True
+    # What a request that leaves steps or cfg_scale out gets (None: the wire's 30 and 7).
+    default_steps: int | None = None
+    default_cfg_scale: float | None = None
+    # Listed and served only where its weights are on this machine or the operator configured
+    # it (an [engines.ID] table): the large models nobody has by default (service/tasks.py).
+    needs_weights: bool = False
 
     def as_wire(self, loras: list[str] | None = None) -> Engine:
         return Engine(
@@ -215,6 +224,37 @@ class EngineSpec:
         the latent upscaler included (service/tasks.py runs it with them), but not Real-ESRGAN,
         a plain super-resolution network that only takes the image and a size."""
         return self.family != Family.ESRGAN
+
+
+def _flow(
+    engine_id: str,
+    name: str,
+    description: str,
+    family: Family,
+    source: str,
+    size_rule: SizeRule,
+    *,
+    steps: int,
+    cfg_scale: float,
+    cost_factor: float,
+) -> EngineSpec:
+    """An SD 3.5 or FLUX.1 engine: every diffusion task, 1024x1024 by default, its own steps
+    and guidance, listed once its weights are here (docs/models.md)."""
+    return EngineSpec(
+        id=engine_id,
+        name=name,
+        description=description,
+        family=family,
+        tasks=DIFFUSION_TASKS,
+        default_source=source,
+        size_rule=size_rule,
+        default_width=1024,
+        default_height=1024,
+        default_steps=steps,
+        default_cfg_scale=cfg_scale,
+        cost_factor=cost_factor,
+        needs_weights=True,
+    )
 
 
 CATALOGUE: dict[str, EngineSpec] = {
@@ -277,6 +317,62 @@ CATALOGUE: dict[str, EngineSpec] = {
             default_source="stabilityai/stable-diffusion-xl-base-1.0",
             size_rule=sdxl_v222_rule,
         ),
+        _flow(
+            "stable-diffusion-3-5-large",
+            "Stable Diffusion 3.5 Large",
+            "Stability-AI Stable Diffusion 3.5 Large (MMDiT, flow matching)",
+            Family.SD3,
+            "stabilityai/stable-diffusion-3.5-large",
+            SD35_LARGE_RULE,
+            steps=28,
+            cfg_scale=3.5,
+            cost_factor=2.5,
+        ),
+        _flow(
+            "stable-diffusion-3-5-large-turbo",
+            "Stable Diffusion 3.5 Large Turbo",
+            "Stability-AI Stable Diffusion 3.5 Large Turbo (few steps, no guidance)",
+            Family.SD3,
+            "stabilityai/stable-diffusion-3.5-large-turbo",
+            SD35_LARGE_RULE,
+            steps=10,  # the model card's 4 is below v1's floor of 10
+            cfg_scale=0.0,
+            cost_factor=2.5,
+        ),
+        _flow(
+            "stable-diffusion-3-5-medium",
+            "Stable Diffusion 3.5 Medium",
+            "Stability-AI Stable Diffusion 3.5 Medium (MMDiT-X, flow matching)",
+            Family.SD3,
+            "stabilityai/stable-diffusion-3.5-medium",
+            SD35_MEDIUM_RULE,
+            steps=40,
+            cfg_scale=4.5,
+            cost_factor=1.0,
+        ),
+        _flow(
+            "flux-1-schnell",
+            "FLUX.1 [schnell]",
+            "Black Forest Labs FLUX.1 [schnell] (few steps, no guidance, no negative prompts)",
+            Family.FLUX,
+            "black-forest-labs/FLUX.1-schnell",
+            FLUX_RULE,
+            steps=10,  # the model card's 4 is below v1's floor of 10
+            cfg_scale=0.0,
+            cost_factor=3.0,
+        ),
+        _flow(
+            "flux-1-dev",
+            "FLUX.1 [dev]",
+            "Black Forest Labs FLUX.1 [dev] (guidance-distilled: cfg_scale is its guidance; "
+            "no negative prompts)",
+            Family.FLUX,
+            "black-forest-labs/FLUX.1-dev",
+            FLUX_RULE,
+            steps=28,
+            cfg_scale=3.5,
+            cost_factor=3.0,
+        ),
         EngineSpec(
             id="esrgan-v1-x2plus",
             name="Real-ESRGAN x2",
@@ -316,6 +412,8 @@ FAMILY_TEMPLATES: dict[Family, str] = {
     Family.SD1: "stable-diffusion-v1-6",
     Family.SD2: "stable-diffusion-512-v2-1",
     Family.SDXL: "stable-diffusion-xl-1024-v1-0",
+    Family.SD3: "stable-diffusion-3-5-large",
+    Family.FLUX: "flux-1-dev",
     Family.ESRGAN: "esrgan-v1-x2plus",
     Family.LATENT_UPSCALER: "stable-diffusion-x4-latent-upscaler",
 }
@@ -337,6 +435,7 @@ def custom_engine(
         description=description or f"{engine_id}: {family.value} weights served by this server",
         default_source=source,
         fallback_source=None,
+        needs_weights=False,  # the operator configured it
     )
 
 

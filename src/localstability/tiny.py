@@ -80,7 +80,17 @@ __all__ = [
     "no_transformers_progress_bar",
 ]
 
-FAMILIES: tuple[str, ...] = ("sd1", "sd1-inpaint", "sd2", "sdxl", "sd-x4-upscaler")
+FAMILIES: tuple[str, ...] = (
+    "sd1",
+    "sd1-inpaint",
+    "sd2",
+    "sdxl",
+    "sd-x4-upscaler",
+    # The flow-matching families, built by localstability.tiny_flow.
+    "sd3",
+    "flux",
+    "flux-schnell",
+)
 """The families :func:`build_tiny_pipeline` can build."""
 
 CLIP_BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
@@ -589,10 +599,11 @@ def _write_folder(family: str, pipe: DiffusionPipeline, folder: Path) -> None:
     with no_transformers_progress_bar():
         pipe.save_pretrained(folder, safe_serialization=True)
     # transformers 5 saves only tokenizer.json + tokenizer_config.json; also write the
-    # classic vocab.json + merges.txt so that any CLIP tokenizer class can load the folder.
+    # classic vocab.json + merges.txt so that any CLIP tokenizer class can load the folder
+    # (a CLIP tokenizer's folder only: Flux's tokenizer_2 is T5's).
     for name in ("tokenizer", "tokenizer_2"):
         sub = folder / name
-        if sub.is_dir():
+        if sub.is_dir() and type(getattr(pipe, name, None)).__name__.startswith("CLIP"):
             build_clip_tokenizer_files(sub)
     (folder / FIXTURE_MARKER_FILENAME).write_text(
         _FIXTURE_TEXT.format(
@@ -614,7 +625,8 @@ def build_tiny_pipeline(family: str, dest: Path) -> Path:
 
     Args:
         family: one of :data:`FAMILIES` (``"sd1"``, ``"sd1-inpaint"``, ``"sd2"``, ``"sdxl"``,
-            ``"sd-x4-upscaler"``).
+            ``"sd-x4-upscaler"``, and localstability.tiny_flow's ``"sd3"``, ``"flux"``,
+            ``"flux-schnell"``).
         dest: the folder to write.
 
     Returns:
@@ -625,11 +637,14 @@ def build_tiny_pipeline(family: str, dest: Path) -> Path:
         FileExistsError: if ``dest`` exists, is not empty and is not a tiny fixture.
         FileNotFoundError: if the CLIP BPE file cannot be found.
     """
-    if family not in _BUILDERS:
+    from localstability.tiny_flow import BUILDERS as FLOW_BUILDERS
+
+    builders = {**_BUILDERS, **FLOW_BUILDERS}
+    if family not in builders:
         raise ValueError(f"unknown tiny model family {family!r}; expected one of {FAMILIES}")
     dest = Path(dest)
     _check_replaceable(dest)
-    pipe = _BUILDERS[family]()
+    pipe = builders[family]()
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:

@@ -182,6 +182,8 @@ def run_image_to_image(
         "image": per_sample(parts, lambda part: part.init_image),
         "strength": first.strength,
     }
+    if adapter_for(family).img2img_takes_size:
+        call["width"], call["height"] = first.init_image.size
     if keep < min(int(first.steps * first.strength), first.steps):
 
         def stop_early(pipeline: Any, index: int, _t: Any, kwargs: dict[str, Any]) -> Any:

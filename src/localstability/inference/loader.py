@@ -129,7 +129,9 @@ def load_pipeline(source: WeightSource, device: str, dtype: Any, offline: bool) 
     """Load the pipeline of `source`'s family for its role (the family's adapter names the
     class) from `source` onto `device`."""
     try:
-        pipeline_class = adapter_for(source.family).pipeline_class(source.role)
+        adapter = adapter_for(source.family)
+        pipeline_class = adapter.pipeline_class(source.role)
+        dtype = adapter.load_dtype(dtype)
     except UnknownFamily as exc:
         raise unavailable(source, str(exc)) from exc
     except NoPipeline as exc:

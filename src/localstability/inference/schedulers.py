@@ -34,6 +34,22 @@ SAMPLER_SCHEDULERS: dict[Sampler, SchedulerChoice] = {
     Sampler.K_LMS: ("LMSDiscreteScheduler", {}),
 }
 
+# The samplers of the flow-matching families: the v1 names they can honour, each run on every
+# task (text-to-image, image-to-image, inpainting). K_EULER is Euler on the flow ODE, the
+# schedule those models ship with (FlowMatchEuler keeps their shift, dynamic for FLUX.1 [dev]);
+# K_HEUN is Heun's method on it, for SD 3.5 (FLUX's pipelines give the scheduler their own
+# sigmas, which FlowMatchHeun doesn't take). Any other name is answered 400 with these lists:
+# the ancestral and DDPM samplers add noise that the flow ODE has no place for, DDIM and LMS
+# are defined on a noise-prediction schedule, and diffusers' DPM-Solver++ runs flow matching
+# for text-to-image only (it can't noise an init image: no scale_noise).
+SD3_SAMPLERS: dict[Sampler, SchedulerChoice] = {
+    Sampler.K_EULER: ("FlowMatchEulerDiscreteScheduler", {}),
+    Sampler.K_HEUN: ("FlowMatchHeunDiscreteScheduler", {}),
+}
+FLUX_SAMPLERS: dict[Sampler, SchedulerChoice] = {
+    Sampler.K_EULER: ("FlowMatchEulerDiscreteScheduler", {}),
+}
+
 
 def make_scheduler(
     sampler: Sampler | None,

@@ -196,7 +196,7 @@ def _run_latent_upscale(
     return [[GeneratedImage(upscale.run_latent_upscale(pipe, params, control), p["seed"], False)]]
 
 
-DIFFUSION_FAMILIES = (Family.SD1, Family.SD2, Family.SDXL)
+DIFFUSION_FAMILIES = (Family.SD1, Family.SD2, Family.SDXL, Family.SD3, Family.FLUX)
 BATCHED = frozenset(_DIFFUSION)
 RUNNERS: dict[tuple[Task, Family], Runner] = {
     **{(task, family): _run_diffusion for task in _DIFFUSION for family in DIFFUSION_FAMILIES},

@@ -17,8 +17,12 @@ from localstability.engines import Family
 log = logging.getLogger(__name__)
 
 # The first tensor-name prefix found decides, in this order (the original checkpoints' layout:
-# SDXL's second text encoder, SD 2's OpenCLIP, SD 1's CLIP).
+# SD 3.5's MMDiT joint blocks, FLUX.1's double blocks (the Black Forest Labs file, with or
+# without the ComfyUI prefix), SDXL's second text encoder, SD 2's OpenCLIP, SD 1's CLIP).
 SINGLE_FILE_MARKERS = (
+    ("model.diffusion_model.joint_blocks.", Family.SD3),
+    ("model.diffusion_model.double_blocks.", Family.FLUX),
+    ("double_blocks.", Family.FLUX),
     ("conditioner.embedders.1.", Family.SDXL),
     ("cond_stage_model.model.", Family.SD2),
     ("cond_stage_model.transformer.", Family.SD1),
@@ -40,6 +44,10 @@ def family_of_pipeline(index: dict[str, Any], text_encoder: dict[str, Any] | Non
     """The family of a diffusers pipeline, from its model_index.json and its text encoder's
     config.json."""
     name = str(index.get("_class_name", ""))
+    if name.startswith("StableDiffusion3"):
+        return Family.SD3
+    if name.startswith("Flux"):
+        return Family.FLUX
     if "XL" in name:
         return Family.SDXL
     if name in ("StableDiffusionUpscalePipeline", "StableDiffusionLatentUpscalePipeline"):

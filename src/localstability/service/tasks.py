@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image as PILImage
 
@@ -43,6 +43,8 @@ from localstability.service.pricing import cost_micros
 from localstability.service.prompts import weighted_prompts
 from localstability.service.records import extra_prompts
 from localstability.service.seeds import sample_seeds
+
+Body = TypeVar("Body", bound=GenerationRequestOptionalParams)
 
 
 def weight_source(settings: Settings, engine: EngineSpec, role: str = "base") -> WeightSource:
@@ -136,14 +138,24 @@ class TaskBuilder:
         for engine in self.catalogue.values():
             self.loras.check_engine(engine)
 
+    def serves(self, engine: EngineSpec) -> bool:
+        """Whether this deployment serves `engine`: unless the operator disabled it; an engine
+        that `needs_weights` (SD 3.5, FLUX.1) only once the operator configured it (an
+        [engines.ID] table) or its weights are on this machine (`models pull`)."""
+        if not self.settings.engine_config(engine.id).enabled:
+            return False
+        if not engine.needs_weights or engine.id in self.settings.engines:
+            return True
+        return weights_state(self.settings, engine)[0] != "missing"
+
     def engines(self) -> list[EngineSpec]:
         """The engines this deployment serves: the catalogue's, then the operator's own."""
-        return [e for e in self.catalogue.values() if self.settings.engine_config(e.id).enabled]
+        return [e for e in self.catalogue.values() if self.serves(e)]
 
     def engine(self, engine_id: str, task: Task | None = None) -> EngineSpec:
-        """The enabled engine `engine_id` (404 otherwise), checked to support `task`."""
+        """The served engine `engine_id` (404 otherwise), checked to support `task`."""
         engine = get_engine(engine_id, self.catalogue)
-        if not self.settings.engine_config(engine_id).enabled:
+        if not self.serves(engine):
             raise errors.NotFound(f"The specified engine (ID {engine_id}) was not found.")
         if task is not None and task not in engine.tasks:
             raise errors.BadRequest(f"engine {engine_id} does not support {task.value}")
@@ -190,7 +202,8 @@ class TaskBuilder:
         png_response: bool,
     ) -> list[WeightedPrompt]:
         """The rules every diffusion request shares: samples vs a PNG answer, a sampler the
-        family offers, the prompts (weighted, styled)."""
+        family offers, the prompts (weighted, styled; negative ones where the family takes
+        them)."""
         if png_response and body.samples > 1:
             raise errors.InvalidSamples(
                 "samples must be 1 when Accept is image/png; "
@@ -202,7 +215,17 @@ class TaskBuilder:
                 f"sampler: {engine.id} offers {', '.join(offered) or 'no sampler choice'}, "
                 f"not {body.sampler.value}"
             )
-        return weighted_prompts(text_prompts, body.style_preset)
+        if adapter_for(engine.family).negative_prompts:
+            return weighted_prompts(text_prompts, body.style_preset)
+        if any(p.weight < 0 for p in text_prompts):
+            raise errors.BadRequest(
+                f"text_prompts: {engine.id} takes no negative prompts (a weight below 0): "
+                f"{engine.family.value} models are guidance-distilled and have no negative "
+                "conditioning; leave them out"
+            )
+        # A style preset's own negative prompt has nothing to condition here: its positive
+        # template alone applies (docs/models.md).
+        return [p for p in weighted_prompts(text_prompts, body.style_preset) if p.weight > 0]
 
     def _diffusion(
         self,
@@ -240,6 +263,7 @@ class TaskBuilder:
     async def text_to_image(
         self, engine: EngineSpec, body: TextToImageRequestBody, png_response: bool
     ) -> Work:
+        body = engine_defaults(engine, body)
         # An omitted size takes the engine's default (1024x1024 on SDXL 1.0, else 512x512).
         prompts = self._common(engine, body, body.text_prompts, png_response)
         width = body.width if "width" in body.model_fields_set else engine.default_width
@@ -256,6 +280,7 @@ class TaskBuilder:
         png_response: bool,
     ) -> Work:
         """The output takes the init image's size, under the engine's rules."""
+        body = engine_defaults(engine, body)
         init_image = await self._decode(files, INIT_IMAGE)
         engine.check_size(*init_image.size)
         prompts = self._common(engine, body, body.text_prompts, png_response)
@@ -285,6 +310,7 @@ class TaskBuilder:
         png_response: bool,
     ) -> Work:
         """Regenerate where the mask says, keep the init image's pixels elsewhere."""
+        body = engine_defaults(engine, body)
         init_image = await self._decode(files, INIT_IMAGE)
         mask = await self._mask(body.mask_source, init_image, files)
         engine.check_size(*init_image.size)
@@ -363,6 +389,17 @@ class TaskBuilder:
         run = TaskRun(task=Task.UPSCALE, weights=source, params=params, inputs=(IMAGE,))
         cost = self.cost(engine, width, height, steps=body.steps, prompts=prompts)
         return Work(run, inputs, cost, body.steps)
+
+
+def engine_defaults(engine: EngineSpec, body: Body) -> Body:
+    """`body` with the engine's own steps and cfg_scale where the request left them out
+    (SD 3.5 and FLUX.1 have theirs; the others take the wire's 30 and 7)."""
+    update: dict[str, Any] = {}
+    if engine.default_steps is not None and "steps" not in body.model_fields_set:
+        update["steps"] = engine.default_steps
+    if engine.default_cfg_scale is not None and "cfg_scale" not in body.model_fields_set:
+        update["cfg_scale"] = engine.default_cfg_scale
+    return body.model_copy(update=update) if update else body
 
 
 async def _encoded(images: dict[str, PILImage.Image]) -> dict[str, bytes]:

@@ -61,6 +61,22 @@ class FamilyAdapter:
     samplers: ClassVar[Mapping[Sampler, SchedulerChoice]] = MappingProxyType({})
     # The sampler of a request that names none (None: the request must name one).
     default_sampler: ClassVar[Sampler | None] = DEFAULT_SAMPLER
+    # Whether its models take negative prompts (FLUX.1, guidance-distilled, has none).
+    negative_prompts: ClassVar[bool] = True
+    # Whether its image-to-image pipeline must be told the init image's size (else it makes
+    # its default size: SD 3.5's and FLUX's); the others take the size of the image.
+    img2img_takes_size: ClassVar[bool] = False
+    # The dtype its models load in where the deployment says float16 (e.g. dtype = "auto" on
+    # a GPU): None keeps float16.
+    instead_of_float16: ClassVar[str | None] = None
+
+    def load_dtype(self, dtype: Any) -> Any:
+        """The dtype to load this family's models in, given the deployment's."""
+        import torch
+
+        if dtype == torch.float16 and self.instead_of_float16 is not None:
+            return getattr(torch, self.instead_of_float16)
+        return dtype
 
     @property
     def name(self) -> str:
