@@ -1,12 +1,13 @@
 """Memory: a budget of loaded pipelines (least recently used unloaded), loads that never hold
-up the requests of engines already loaded, and preloads at start. One server of its own:
-tiny models, `max_loaded_engines = 2`, `preload = [SD1, slow-hub]`, where slow-hub is an
-engine of the operator's own whose weights come from a "Hub" (HF_ENDPOINT) that takes every
-connection and answers none until the test lets it go: a load that lasts as long as the test
-wants, without a clock."""
+up the requests of engines already loaded, and preloads at start. One server of its own: the
+tiny models and two engines on copies of the tiny SD1, `max_loaded_engines = 2`, `preload =
+[SD1, slow-hub]`, where slow-hub is an engine of the operator's own whose weights come from a
+"Hub" (HF_ENDPOINT) that takes every connection and answers none until the test lets it go: a
+load that lasts as long as the test wants, without a clock."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 from pathlib import Path
@@ -21,10 +22,10 @@ from tests.test_jobs import finished, wait_for
 from tests.test_metrics import Samples, scrape, value
 
 SD1 = "stable-diffusion-v1-6"
-SD2 = "stable-diffusion-512-v2-1"
-SDXL = "stable-diffusion-xl-1024-v1-0"
+# Engines of the operator's own on copies of the tiny SD1 (sources of their own: each loads
+# a pipeline of its own), at SD1's smallest size, the cheapest.
+COPY_A, COPY_B = "copy-a", "copy-b"
 SLOW = "slow-hub"
-SIZES = {SD1: 320, SD2: 512, SDXL: 1024}
 LOADS = "localstability_model_load_seconds_count"
 LOADED = "localstability_pipelines_loaded"
 UNLOADS = "localstability_pipeline_unloads_total"
@@ -79,6 +80,9 @@ def budgeted(
     text = (tiny_dir / "localstability.toml").read_text()
     text = f'max_loaded_engines = 2\npreload = ["{SD1}", "{SLOW}"]\n' + text
     text += f'\n[engines.{SLOW}]\nsource = "localstability-tests/hanging-hub"\nfamily = "sd1"\n'
+    for engine in (COPY_A, COPY_B):
+        shutil.copytree(tiny_dir / "sd1", directory / engine)
+        text += f'\n[engines.{engine}]\nsource = "{directory / engine}"\nfamily = "sd1"\n'
     (directory / "base").mkdir()
     (directory / "base" / "localstability.toml").write_text(text)
     return start_deployment(
@@ -96,8 +100,7 @@ def budgeted(
 
 
 def image(client: httpx.Client, engine: str, seed: int) -> None:
-    side = SIZES[engine]
-    body = t2i_body(width=side, height=side, seed=seed)
+    body = t2i_body(width=320, height=320, seed=seed)
     answer = client.post(f"/v1/generation/{engine}/text-to-image", json=body)
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["artifacts"]) == 1
@@ -149,24 +152,22 @@ def test_the_least_recently_used_engine_is_unloaded_under_the_budget(
 ) -> None:
     server = budgeted.server
     metrics_url = f"{server.base_url}/metrics"
+    start = scrape(metrics_url)  # SD1 loaded (preloaded, used by the test before)
+    held: list[float] = []
     with server.client() as client:
-        image(client, SD1, seed=2)  # SD1 loaded (preloaded) and just used
-        start = scrape(metrics_url)
-        held: list[float] = []
-        for step, engine in enumerate((SD2, SDXL, SD1, SDXL)):
+        for step, engine in enumerate((COPY_A, COPY_B, SD1)):
             image(client, engine, seed=10 + step)
             held.append(value(scrape(metrics_url), LOADED))
-        end = scrape(metrics_url)
+    end = scrape(metrics_url)
     # Never more than two pipelines held, the budget.
-    assert held == [2, 2, 2, 2]
-    # SD2 loaded (2 held); SDXL unloaded SD1, the least recently used; SD1 then loaded again
-    # and unloaded SD2; SDXL, still loaded, loaded nothing.
-    assert loads(end, SD2) - loads(start, SD2) == 1
-    assert loads(end, SDXL) - loads(start, SDXL) == 1
-    assert loads(end, SD1) - loads(start, SD1) == 1
+    assert held == [2, 2, 2]
+    # copy-a loaded (2 held); copy-b unloaded SD1, the least recently used; SD1 then loaded
+    # again and unloaded copy-a, the least recently used then.
+    for engine in (COPY_A, COPY_B, SD1):
+        assert loads(end, engine) - loads(start, engine) == 1
     assert unloads(end, SD1) - unloads(start, SD1) == 1
-    assert unloads(end, SD2) - unloads(start, SD2) == 1
-    assert unloads(end, SDXL) - unloads(start, SDXL) == 0
+    assert unloads(end, COPY_A) - unloads(start, COPY_A) == 1
+    assert unloads(end, COPY_B) - unloads(start, COPY_B) == 0
     assert value(end, "localstability_pipelines_loaded_bytes") > 0
     unloaded = [line for line in server.logs().splitlines() if "pipeline unloaded" in line]
     assert len(unloaded) == 2, unloaded
