@@ -4,7 +4,8 @@
     .venv/bin/python -m bench --readme-from bench/results/all-YYYY-MM-DD.json
     .venv/bin/python -m bench --collect
 
-A full run (`make bench`) runs latency, throughput, memory (once per engine), batching,
+A full run (`make bench`) runs latency, throughput, memory (once per engine), memory_budget,
+batching,
 startup and upscale_quality with their full settings (BENCHMARKS below), writes each one's own
 dated file and the summary bench/results/all-YYYY-MM-DD.json (each benchmark's headline figures,
 its arguments and time, the machine, the total time), then rewrites the README's benchmark
@@ -260,6 +261,32 @@ def memory_row(f: Figures) -> tuple[str, str]:
     )
 
 
+def budget_figures(payloads: list[dict[str, Any]]) -> Figures:
+    payload = payloads[0]
+    unbounded, bounded = payload["results"]
+    return {
+        "rounds": payload["rounds"],
+        "steps": payload["steps"],
+        "text_mb": payload["text_mb"],
+        "no_budget": unbounded,
+        "budget": bounded,
+    }
+
+
+def budget_row(f: Figures) -> tuple[str, str]:
+    n, b = f["no_budget"], f["budget"]
+    return (
+        "peak RSS of a server serving three SD 1 engines in turn (the tiny SD1 with "
+        f"~{f['text_mb']} MB of weights each), no budget vs `max_loaded_engines = 2`, "
+        f"{f['rounds']} rounds, {f['steps']} steps",
+        f"peak RSS {n['peak_rss_mib']:.0f} -> {b['peak_rss_mib']:.0f} MiB; pipelines held at "
+        f"the end {n['pipelines_loaded_at_end']:.0f} -> {b['pipelines_loaded_at_end']:.0f} "
+        f"({n['pipelines_bytes_at_end_mib']:.0f} -> {b['pipelines_bytes_at_end_mib']:.0f} MiB); "
+        f"loads {n['loads']:.0f} -> {b['loads']:.0f}, unloads {b['unloads']:.0f}; wall time "
+        f"{n['wall_s']:.1f} -> {b['wall_s']:.1f} s",
+    )
+
+
 def batching_row(f: Figures) -> tuple[str, str]:
     engines = f["engines"]
     sizes = sorted({size for e in engines.values() for size in e["pipeline_gain"]}, key=int)
@@ -398,6 +425,14 @@ BENCHMARKS = [
         ],
         figures=memory_figures,
         row=memory_row,
+    ),
+    Benchmark(
+        name="memory_budget",
+        result="pipeline-budget",
+        title="peak RSS of three engines in turn: no budget vs max_loaded_engines = 2",
+        runs=[Run(full=[], quick=["--rounds", "1", "--text-mb", "50"])],
+        figures=budget_figures,
+        row=budget_row,
     ),
     Benchmark(
         name="batching",

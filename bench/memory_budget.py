@@ -129,12 +129,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "models": f"three copies of the tiny SD1, each text encoder ~{args.text_mb} MB (random)",
         "machine": machine(),
         "rounds": args.rounds,
+        "text_mb": args.text_mb,
         "size": "320x320",
         "steps": BODY["steps"],
         "results": results,
         "peak_rss_saved_mib": round(unbounded["peak_rss_mib"] - bounded["peak_rss_mib"], 1),
     }
-    write_results("memory-budget", payload)
+    write_results("pipeline-budget", payload)
     return payload
 
 
