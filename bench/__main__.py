@@ -5,8 +5,8 @@
     .venv/bin/python -m bench --collect
 
 A full run (`make bench`) runs latency, throughput, memory (once per engine), memory_budget,
-batching,
-startup and upscale_quality with their full settings (BENCHMARKS below), writes each one's own
+batching, startup, scaleout and upscale_quality with their full settings (BENCHMARKS below),
+writes each one's own
 dated file and the summary bench/results/all-YYYY-MM-DD.json (each benchmark's headline figures,
 its arguments and time, the machine, the total time), then rewrites the README's benchmark
 table (between the bench:start / bench:end markers) from that summary.
