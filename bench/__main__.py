@@ -8,7 +8,8 @@ A full run (`make bench`) runs latency, throughput, memory (once per engine), me
 batching, startup, scaleout and upscale_quality with their full settings (BENCHMARKS below),
 writes each one's own dated file and the summary bench/results/all-YYYY-MM-DD.json (each
 benchmark's headline figures, its arguments and time, the machine, the total time), then
-rewrites the README's benchmark table (between the bench:start / bench:end markers) from that summary.
+rewrites the README's benchmark table (between the bench:start / bench:end markers) from that
+summary.
 
 --quick runs each with one repeat and 10 steps (throughput and batching on SD1 only), as a
 smoke check of the whole chain (its figures mean nothing); it writes to a new temporary folder,
