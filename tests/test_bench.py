@@ -117,7 +117,12 @@ def startup_row(engine_id: str, size: str, image: float, baseline: float) -> dic
 STARTUP = {
     "runs": 1,
     "results": [
-        startup_row("stable-diffusion-v1-6", "512x512", 7.23, 5.57),
+        {
+            **startup_row("stable-diffusion-v1-6", "512x512", 7.23, 5.57),
+            "preloaded_median_s": 6.4,
+            "preload_first_request_median_s": 0.83,
+            "preload_second_request_median_s": 0.81,
+        },
         startup_row("stable-diffusion-xl-1024-v1-0", "1024x1024", 23.7, 27.63),
     ],
 }
@@ -298,6 +303,11 @@ def test_table_rows_carry_the_headline_figures() -> None:
     assert "first 200: 2.3 s" in startup_text
     assert "SD1 512: 7.2 s vs 5.6 s (1.30x)" in startup_text
     assert "SDXL 1024: 23.7 s vs 27.6 s (0.86x)" in startup_text
+    assert (
+        "; preloaded SD1 512: preload done 6.4 s after launch, then the first image request "
+        "0.8 s (the second 0.8 s)"
+    ) in startup_text
+    assert "preloaded SDXL" not in startup_text
     budget = rows["python -m bench.memory_budget"]
     assert "no budget vs `max_loaded_engines = 2`, 2 rounds, 10 steps" in budget
     assert "peak RSS 2716 -> 2311 MiB; pipelines held at the end 3 -> 2 (1210 -> 807 MiB)" in budget
