@@ -104,6 +104,7 @@ class PipelineCache:
         self._sizes: dict[Key, int] = {}  # measured at each load
         self._lock = threading.Lock()
         self._loading: dict[Key, Future[Any]] = {}
+        self._pins: dict[Key, int] = {}  # holds asked of loads in progress
         self._session = threading.local()
 
     @classmethod
@@ -169,35 +170,21 @@ class PipelineCache:
             return done
 
     def _start(self, source: WeightSource, load: Callable[[], Any], pin: bool) -> Future[Any]:
-        """The load of `source` in progress, started if none is (under the lock). A pinned
-        request joining a load in progress waits for it and holds it once it is done."""
+        """The load of `source` in progress, started if none is (under the lock); `pin`: it is
+        held once loaded, as it is stored (a pinned request may join a load in progress)."""
         key = source.cache_key
+        if pin:
+            self._pins[key] = self._pins.get(key, 0) + 1
         future = self._loading.get(key)
         if future is None:
             future = self._loading[key] = Future()
             threading.Thread(
                 target=self._load,
-                args=(source.engine_id, key, load, future, pin),
+                args=(source.engine_id, key, load, future),
                 name=f"load-{source.engine_id}",
                 daemon=True,
             ).start()
-        elif pin:
-            joined: Future[Any] = Future()
-            future.add_done_callback(lambda done: self._pin_when_loaded(key, done, joined))
-            return joined
         return future
-
-    def _pin_when_loaded(self, key: Key, done: Future[Any], joined: Future[Any]) -> None:
-        error = done.exception()
-        if error is None:
-            with self._lock:
-                loaded = self._loaded.get(key)
-                if loaded is not None:
-                    loaded.holds += 1
-                    joined.set_result(loaded.value)
-                    return
-            error = RuntimeError("unloaded as soon as it was loaded")
-        joined.set_exception(error)
 
     # -- holding ---------------------------------------------------------------------------
 
@@ -248,7 +235,6 @@ class PipelineCache:
         key: Key,
         load: Callable[[], Any],
         future: Future[Any],
-        pin: bool,
     ) -> None:
         try:
             with _ONE_LOAD:
@@ -262,6 +248,7 @@ class PipelineCache:
         except BaseException as exc:
             with self._lock:
                 del self._loading[key]
+                self._pins.pop(key, None)
             future.set_exception(exc)
             return
         if self.max_bytes and size > self.max_bytes:
@@ -271,7 +258,7 @@ class PipelineCache:
             )
         with self._lock:
             self._sizes[key] = size
-            self._loaded[key] = _Loaded(engine_id, value, size, holds=int(pin))
+            self._loaded[key] = _Loaded(engine_id, value, size, holds=self._pins.pop(key, 0))
             del self._loading[key]
             unloaded = self._evict(extra=0, extra_bytes=0, keep=key)
             self._report()
@@ -291,9 +278,11 @@ class PipelineCache:
         self, extra: int, extra_bytes: int, keep: Key | None = None
     ) -> list[tuple[Key, _Loaded]]:
         """Take out the least recently used pipelines nothing holds while the budget, with
-        `extra` more pipelines of `extra_bytes`, is exceeded (under the lock)."""
+        `extra` more pipelines of `extra_bytes`, is exceeded (under the lock). Without a load
+        to make room for, the most recently used one stays (one larger than the byte budget
+        alone is not unloaded after each job)."""
         unloaded = []
-        while self._over(extra, extra_bytes):
+        while self._over(extra, extra_bytes) and len(self._loaded) + extra > 1:
             coldest = next(
                 (k for k, v in self._loaded.items() if not v.holds and k != keep),
                 None,
