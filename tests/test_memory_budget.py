@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Deployment, start_deployment
+from tests.conftest import Deployment, run_cli, start_deployment
 from tests.helpers import t2i_body
 from tests.test_jobs import finished, wait_for
 from tests.test_metrics import Samples, scrape, value
@@ -171,3 +171,14 @@ def test_the_least_recently_used_engine_is_unloaded_under_the_budget(
     assert value(end, "localstability_pipelines_loaded_bytes") > 0
     unloaded = [line for line in server.logs().splitlines() if "pipeline unloaded" in line]
     assert len(unloaded) == 2, unloaded
+
+
+def test_an_engine_to_preload_that_is_not_served_is_a_configuration_error(
+    tiny_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "localstability.toml"
+    text = (tiny_dir / "localstability.toml").read_text()
+    config.write_text('preload = ["no-such-engine", "' + SD1 + '"]\n' + text)
+    result = run_cli("serve", "--config", str(config), check=False)
+    assert result.returncode == 2, result.stderr
+    assert "configuration: preload: not an enabled engine: no-such-engine" in result.stderr
