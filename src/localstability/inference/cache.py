@@ -136,25 +136,27 @@ class PipelineCache:
         """The cached model for `source`, or `load()` once (a failed load is tried again by
         the next caller). Inside `holding()`, it stays held until the block ends."""
         key = source.cache_key
+        held = getattr(self._session, "keys", None)
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                self._loaded.move_to_end(key)
+                if held is not None:
+                    loaded.holds += 1
+                    held.append(key)
+                return loaded.value
+            # In a session, held from the moment it is stored (released at the session's
+            # end, even if this wait is cancelled first).
+            future = self._start(source, load, pin=held is not None)
+            if held is not None:
+                held.append(key)
         while True:
-            with self._lock:
-                loaded = self._loaded.get(key)
-                if loaded is not None:
-                    self._loaded.move_to_end(key)
-                    held = getattr(self._session, "keys", None)
-                    if held is not None:
-                        loaded.holds += 1
-                        held.append(key)
-                    return loaded.value
-                future = self._start(source, load, pin=False)
-            while True:
-                control.check()
-                try:
-                    future.result(timeout=LOAD_POLL_S)
-                    break  # loaded: taken (and held) above, unless already unloaded again
-                except TimeoutError:
-                    if future.done():  # the load itself raised it
-                        raise
+            control.check()
+            try:
+                return future.result(timeout=LOAD_POLL_S)
+            except TimeoutError:
+                if future.done():  # the load itself raised it
+                    raise
 
     def prefetch(self, source: WeightSource, pin: bool = False) -> Future[Any]:
         """Load `source`'s pipeline in the background (nobody waits); the future is done when
@@ -213,6 +215,8 @@ class PipelineCache:
                 loaded = self._loaded.get(key)
                 if loaded is not None and loaded.holds:
                     loaded.holds -= 1
+                elif loaded is None and key in self._loading and self._pins.get(key):
+                    self._pins[key] -= 1  # asked of a load still in progress
             unloaded = self._evict(extra=0, extra_bytes=0)
         self._free(unloaded)
 
