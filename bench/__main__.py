@@ -4,11 +4,12 @@
     .venv/bin/python -m bench --readme-from bench/results/all-YYYY-MM-DD.json
     .venv/bin/python -m bench --collect
 
-A full run (`make bench`) runs latency, throughput, memory (once per engine), batching,
-startup and upscale_quality with their full settings (BENCHMARKS below), writes each one's own
-dated file and the summary bench/results/all-YYYY-MM-DD.json (each benchmark's headline figures,
-its arguments and time, the machine, the total time), then rewrites the README's benchmark
-table (between the bench:start / bench:end markers) from that summary.
+A full run (`make bench`) runs latency, throughput, memory (once per engine), memory_budget,
+batching, startup, scaleout and upscale_quality with their full settings (BENCHMARKS below),
+writes each one's own dated file and the summary bench/results/all-YYYY-MM-DD.json (each
+benchmark's headline figures, its arguments and time, the machine, the total time), then
+rewrites the README's benchmark table (between the bench:start / bench:end markers) from that
+summary.
 
 --quick runs each with one repeat and 10 steps (throughput and batching on SD1 only), as a
 smoke check of the whole chain (its figures mean nothing); it writes to a new temporary folder,
@@ -180,6 +181,15 @@ def startup_figures(payloads: list[dict[str, Any]]) -> Figures:
                 "first_image_s": row["first_image_median_s"],
                 "baseline_image_s": row["baseline_image_median_s"],
                 "ratio": row["ratio"],
+                **{
+                    name: row[f"{name.removesuffix('_s')}_median_s"]
+                    for name in (
+                        "preloaded_s",
+                        "preload_first_request_s",
+                        "preload_second_request_s",
+                    )
+                    if f"{name.removesuffix('_s')}_median_s" in row
+                },
             }
             for row in rows
         },
@@ -260,6 +270,32 @@ def memory_row(f: Figures) -> tuple[str, str]:
     )
 
 
+def budget_figures(payloads: list[dict[str, Any]]) -> Figures:
+    payload = payloads[0]
+    unbounded, bounded = payload["results"]
+    return {
+        "rounds": payload["rounds"],
+        "steps": payload["steps"],
+        "text_mb": payload["text_mb"],
+        "no_budget": unbounded,
+        "budget": bounded,
+    }
+
+
+def budget_row(f: Figures) -> tuple[str, str]:
+    n, b = f["no_budget"], f["budget"]
+    return (
+        "peak RSS of a server serving three SD 1 engines in turn (the tiny SD1 with "
+        f"~{f['text_mb']} MB of weights each), no budget vs `max_loaded_engines = 2`, "
+        f"{f['rounds']} rounds, {f['steps']} steps",
+        f"peak RSS {n['peak_rss_mib']:.0f} -> {b['peak_rss_mib']:.0f} MiB; pipelines held at "
+        f"the end {n['pipelines_loaded_at_end']:.0f} -> {b['pipelines_loaded_at_end']:.0f} "
+        f"({n['pipelines_bytes_at_end_mib']:.0f} -> {b['pipelines_bytes_at_end_mib']:.0f} MiB); "
+        f"loads {n['loads']:.0f} -> {b['loads']:.0f}, unloads {b['unloads']:.0f}; wall time "
+        f"{n['wall_s']:.1f} -> {b['wall_s']:.1f} s",
+    )
+
+
 def batching_row(f: Figures) -> tuple[str, str]:
     engines = f["engines"]
     sizes = sorted({size for e in engines.values() for size in e["pipeline_gain"]}, key=int)
@@ -299,6 +335,13 @@ def startup_row(f: Figures) -> tuple[str, str]:
             f"{label(engine, e['size'])}: {e['first_image_s']:.1f} s vs "
             f"{e['baseline_image_s']:.1f} s ({x(e['ratio'])})"
             for engine, e in f["engines"].items()
+        )
+        + "".join(
+            f"; preloaded {label(engine, e['size'])}: preload done {e['preloaded_s']:.1f} s "
+            f"after launch, then the first image request {e['preload_first_request_s']:.1f} s "
+            f"(the second {e['preload_second_request_s']:.1f} s)"
+            for engine, e in f["engines"].items()
+            if "preloaded_s" in e
         ),
     )
 
@@ -423,6 +466,14 @@ BENCHMARKS = [
         row=memory_row,
     ),
     Benchmark(
+        name="memory_budget",
+        result="pipeline-budget",
+        title="peak RSS of three engines in turn: no budget vs max_loaded_engines = 2",
+        runs=[Run(full=[], quick=["--rounds", "1", "--text-mb", "50"])],
+        figures=budget_figures,
+        row=budget_row,
+    ),
+    Benchmark(
         name="batching",
         result="batching",
         title="the same requests batched vs one by one",
@@ -443,7 +494,7 @@ BENCHMARKS = [
         result="startup",
         title="time from launching `localstability serve` to its first 200 and its first "
         "image vs a fresh `python` that loads the diffusers pipeline and makes the image",
-        runs=[Run(full=[], quick=["--runs", "1", "--steps", "10"])],
+        runs=[Run(full=["--preload"], quick=["--runs", "1", "--steps", "10"])],
         figures=startup_figures,
         row=startup_row,
     ),

@@ -9,7 +9,11 @@ The baseline, run in the same command right after, is a fresh `python` that impo
 loads the pipeline from the same folder, makes the same image and saves it as a PNG: the clock
 stops when it says so. The figures are medians over the runs and the ratio server / baseline.
 
-    .venv/bin/python -m bench.startup [--runs 3] [--steps 10]
+With --preload, each run also launches a server with `preload = [the engine]`: its first 200,
+the time from launch until /metrics counts the engine's load (the preload's end), then its
+first and second image requests, each timed alone: equal when the first image costs no load.
+
+    .venv/bin/python -m bench.startup [--runs 3] [--steps 10] [--preload]
 """
 
 from __future__ import annotations
@@ -65,6 +69,21 @@ print("image saved", flush=True)
 class ServerStart:
     first_200_s: float
     first_image_s: float
+    # With --preload: launch to the preload's end (its load counted on /metrics), and the
+    # first and the second image request alone, sent after it.
+    preloaded_s: float | None = None
+    first_request_s: float | None = None
+    second_request_s: float | None = None
+
+
+def wait_for_preload(http: httpx.Client, engine_id: str, started: float) -> float:
+    """Seconds from launch until /metrics counts the engine's load (its preload)."""
+    count = f'localstability_model_load_seconds_count{{engine="{engine_id}"}}'
+    while time.perf_counter() - started < TIMEOUT_S:
+        if any(line.startswith(count) for line in http.get("/metrics").text.splitlines()):
+            return time.perf_counter() - started
+        time.sleep(POLL_S)
+    raise RuntimeError(f"{engine_id} was not preloaded")
 
 
 def time_server(
@@ -75,8 +94,10 @@ def time_server(
     height: int,
     steps: int,
     log_path: Path,
+    preload: bool = False,
 ) -> ServerStart:
-    """Launch `localstability serve`, time its first 200 and its first image, stop it."""
+    """Launch `localstability serve`, time its first 200 and its first image, stop it. With
+    `preload`, the engine is preloaded and the image requests are sent once it is."""
     from localstability.testing import CLI, ServerProcess, cli_env, free_port
 
     port = free_port()
@@ -88,7 +109,10 @@ def time_server(
             [*CLI, "serve", "--config", str(config), "--port", str(port)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env=cli_env(LOCALSTABILITY_DATA_DIR=str(data_dir)),
+            env=cli_env(
+                LOCALSTABILITY_DATA_DIR=str(data_dir),
+                LOCALSTABILITY_PRELOAD=f'["{engine_id}"]' if preload else "[]",
+            ),
         )
     server = ServerProcess(base_url, "", config, process, log_path)
     try:
@@ -108,6 +132,7 @@ def time_server(
                     pass
                 time.sleep(POLL_S)
             first_200 = time.perf_counter() - started
+            preloaded = wait_for_preload(http, engine_id, started) if preload else None
             body = {
                 "text_prompts": [{"text": PROMPT}],
                 "width": width,
@@ -115,15 +140,22 @@ def time_server(
                 "steps": steps,
                 "seed": 1,
             }
-            response = http.post(
-                f"/v1/generation/{engine_id}/text-to-image", json=body, headers=headers
-            )
-            first_image = time.perf_counter() - started
-            if response.status_code != 200:
-                raise RuntimeError(f"text-to-image: {response.status_code} {response.text}")
+            requests = []
+            for _ in range(2 if preload else 1):
+                sent = time.perf_counter()
+                response = http.post(
+                    f"/v1/generation/{engine_id}/text-to-image", json=body, headers=headers
+                )
+                requests.append(time.perf_counter() - sent)
+                if response.status_code != 200:
+                    raise RuntimeError(f"text-to-image: {response.status_code} {response.text}")
+                if len(requests) == 1:
+                    first_image = time.perf_counter() - started
     finally:
         server.stop()
-    return ServerStart(first_200, first_image)
+    if not preload:
+        return ServerStart(first_200, first_image)
+    return ServerStart(first_200, first_image, preloaded, requests[0], requests[1])
 
 
 def time_baseline(folder: Path, width: int, height: int, steps: int, out: Path) -> float:
@@ -149,9 +181,17 @@ def time_baseline(folder: Path, width: int, height: int, steps: int, out: Path) 
 
 
 def measure(
-    tiny: Path, engine_id: str, family: str, width: int, height: int, steps: int, run: int
+    tiny: Path,
+    engine_id: str,
+    family: str,
+    width: int,
+    height: int,
+    steps: int,
+    run: int,
+    preload: bool = False,
 ) -> dict[str, float]:
-    """One run of one engine: the server's start (fresh data dir), then the baseline."""
+    """One run of one engine: the server's start (fresh data dir), with `preload` a second
+    server's that preloads the engine, then the baseline."""
     scratch = tiny / "startup" / f"{engine_id}-{run}"
     scratch.mkdir(parents=True)
     server = time_server(
@@ -163,12 +203,30 @@ def measure(
         steps,
         scratch / "server.log",
     )
-    baseline = time_baseline(tiny / family, width, height, steps, scratch / "baseline.png")
-    return {
-        "first_200_s": server.first_200_s,
-        "first_image_s": server.first_image_s,
-        "baseline_image_s": baseline,
-    }
+    figures = {"first_200_s": server.first_200_s, "first_image_s": server.first_image_s}
+    if preload:
+        warm = time_server(
+            tiny / "localstability.toml",
+            scratch / "data-preload",
+            engine_id,
+            width,
+            height,
+            steps,
+            scratch / "server-preload.log",
+            preload=True,
+        )
+        assert warm.preloaded_s is not None and warm.first_request_s is not None
+        assert warm.second_request_s is not None
+        figures.update(
+            preload_first_200_s=warm.first_200_s,
+            preloaded_s=warm.preloaded_s,
+            preload_first_request_s=warm.first_request_s,
+            preload_second_request_s=warm.second_request_s,
+        )
+    figures["baseline_image_s"] = time_baseline(
+        tiny / family, width, height, steps, scratch / "baseline.png"
+    )
+    return figures
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -179,6 +237,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--engine", action="append", help="only these engine ids")
+    parser.add_argument(
+        "--preload",
+        action="store_true",
+        help="also time a server that preloads the engine: launch to the preload's end, and "
+        "its first and second image requests, sent after it",
+    )
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -190,7 +254,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 continue
             runs = []
             for number in range(args.runs):
-                runs.append(measure(tiny, engine_id, family, width, height, args.steps, number))
+                runs.append(
+                    measure(
+                        tiny, engine_id, family, width, height, args.steps, number, args.preload
+                    )
+                )
                 print(
                     f"{engine_id:32} run {number + 1}: first 200 {runs[-1]['first_200_s']:.2f}s"
                     f"  first image {runs[-1]['first_image_s']:.2f}s"
@@ -208,6 +276,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "first_image_median_s": medians["first_image_s"],
                 "baseline_image_median_s": medians["baseline_image_s"],
                 "ratio": round(medians["first_image_s"] / medians["baseline_image_s"], 3),
+                **(
+                    {
+                        "preloaded_median_s": medians["preloaded_s"],
+                        "preload_first_request_median_s": medians["preload_first_request_s"],
+                        "preload_second_request_median_s": medians["preload_second_request_s"],
+                    }
+                    if args.preload
+                    else {}
+                ),
                 "runs": [{name: round(value, 3) for name, value in run.items()} for run in runs],
             }
             rows.append(row)

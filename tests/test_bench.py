@@ -117,7 +117,12 @@ def startup_row(engine_id: str, size: str, image: float, baseline: float) -> dic
 STARTUP = {
     "runs": 1,
     "results": [
-        startup_row("stable-diffusion-v1-6", "512x512", 7.23, 5.57),
+        {
+            **startup_row("stable-diffusion-v1-6", "512x512", 7.23, 5.57),
+            "preloaded_median_s": 6.4,
+            "preload_first_request_median_s": 0.83,
+            "preload_second_request_median_s": 0.81,
+        },
         startup_row("stable-diffusion-xl-1024-v1-0", "1024x1024", 23.7, 27.63),
     ],
 }
@@ -205,9 +210,38 @@ LORAS = {
         "base_model_loads_during": 0.0,
     },
 }
+BUDGET = {
+    "rounds": 2,
+    "text_mb": 400,
+    "size": "320x320",
+    "steps": 10,
+    "results": [
+        {
+            "max_loaded_engines": 0,
+            "peak_rss_mib": 2716.4,
+            "end_rss_mib": 2300.0,
+            "pipelines_loaded_at_end": 3.0,
+            "pipelines_bytes_at_end_mib": 1210.2,
+            "loads": 3.0,
+            "unloads": 0.0,
+            "wall_s": 40.5,
+        },
+        {
+            "max_loaded_engines": 2,
+            "peak_rss_mib": 2310.9,
+            "end_rss_mib": 1900.0,
+            "pipelines_loaded_at_end": 2.0,
+            "pipelines_bytes_at_end_mib": 806.8,
+            "loads": 6.0,
+            "unloads": 4.0,
+            "wall_s": 61.2,
+        },
+    ],
+}
 PAYLOADS: dict[str, Any] = {
     "latency": LATENCY,
     "throughput": THROUGHPUT,
+    "memory_budget": BUDGET,
     "batching": BATCHING,
     "startup": STARTUP,
     "scaleout": SCALEOUT,
@@ -295,6 +329,15 @@ def test_table_rows_carry_the_headline_figures() -> None:
     assert "first 200: 2.3 s" in startup_text
     assert "SD1 512: 7.2 s vs 5.6 s (1.30x)" in startup_text
     assert "SDXL 1024: 23.7 s vs 27.6 s (0.86x)" in startup_text
+    assert (
+        "; preloaded SD1 512: preload done 6.4 s after launch, then the first image request "
+        "0.8 s (the second 0.8 s)"
+    ) in startup_text
+    assert "preloaded SDXL" not in startup_text
+    budget = rows["python -m bench.memory_budget"]
+    assert "no budget vs `max_loaded_engines = 2`, 2 rounds, 10 steps" in budget
+    assert "peak RSS 2716 -> 2311 MiB; pipelines held at the end 3 -> 2 (1210 -> 807 MiB)" in budget
+    assert "loads 3 -> 6, unloads 4; wall time 40.5 -> 61.2 s" in budget
     scaleout = rows["python -m bench.scaleout"]
     assert "two workers 1.62x one (2.20 vs 1.36 img/s)" in scaleout
     assert "latency added by the celery path -168 ms" in scaleout

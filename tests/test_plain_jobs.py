@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from localstability.config import load_settings
-from localstability.inference.loader import PipelineCache
+from localstability.inference.cache import PipelineCache
 from localstability.jobs.artifacts import (
     Artifact,
     DiskArtifactStore,

@@ -67,8 +67,17 @@ def engines_of(config: Path | None) -> tuple[Settings, dict[str, EngineSpec]]:
 
 def served_settings(config: Path | None) -> Settings:
     """The settings of a process that serves engines (`serve`, `worker`), its engines
-    checked before it starts."""
-    return engines_of(config)[0]
+    checked before it starts (and the engines it is to preload)."""
+    settings, catalogue = engines_of(config)
+    if settings.preload != "all":
+        enabled = [i for i in catalogue if settings.engine_config(i).enabled]
+        unknown = [i for i in settings.preload if i not in enabled]
+        if unknown:
+            typer.echo(
+                f"configuration: preload: not an enabled engine: {', '.join(unknown)}", err=True
+            )
+            raise typer.Exit(2)
+    return settings
 
 
 @contextmanager

@@ -248,6 +248,26 @@ class Settings(BaseSettings):
         description="Return freed memory to the OS after each job (lower resident memory; "
         "the next job pays some page faults).",
     )
+    max_loaded_engines: int = Field(
+        0,
+        ge=0,
+        description="The most pipelines a process (the server, or each worker) holds loaded; "
+        "a load beyond unloads the least recently used one that no running job holds. 0: no "
+        "limit.",
+    )
+    max_loaded_bytes: int = Field(
+        0,
+        ge=0,
+        description="The most bytes of model parameters and buffers (measured after each load) "
+        "a process holds loaded, on the same terms; a pipeline larger alone still loads. 0: no "
+        "limit.",
+    )
+    preload: list[str] | Literal["all"] = Field(
+        default_factory=list,
+        description="Engines whose pipelines a process loads in the background at start (the "
+        "server answers meanwhile), so that their first image costs no load; 'all': every "
+        "enabled engine. Unknown ids are a configuration error at start.",
+    )
     max_upload_bytes: int = Field(10 * 1024 * 1024, description="Largest accepted image file.")
     mcp_inline_bytes: int = Field(
         768 * 1024,

@@ -88,15 +88,16 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
             settings.rate_limit_window_s,
         )
     else:
-        from localstability.inference.loader import PipelineCache
+        from localstability.inference.cache import PipelineCache
         from localstability.jobs.local import LocalJobBackend
 
         worker = InferenceWorker(trim_memory=settings.trim_memory)
         store = artifact_store(settings)
+        pipelines = PipelineCache.for_settings(settings)
         jobs = LocalJobBackend(
             billing,
             worker,
-            PipelineCache.for_settings(settings),
+            pipelines,
             store,
             max_queued=settings.max_queued_jobs,
             max_per_organization=settings.max_jobs_per_organization,
@@ -105,6 +106,10 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
         )
         limiter = RateLimiter(settings.rate_limit_requests, settings.rate_limit_window_s)
     generation = GenerationService(settings, jobs, store, billing)
+    if settings.backend != "celery" and settings.preload:
+        from localstability.service.preload import preload_sources, start_preloads
+
+        start_preloads(pipelines, preload_sources(settings, generation.tasks.engines()))
     context = AppContext(
         settings=settings,
         accounts=AccountService(database, limiter),

@@ -20,6 +20,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     start_http_server,
@@ -73,6 +74,20 @@ MODEL_LOAD = Histogram(
     ["engine"],
     buckets=SECONDS,
 )
+PIPELINES_LOADED = Gauge(
+    f"{PREFIX}_pipelines_loaded",
+    "Pipelines (models) this process holds loaded (max_loaded_engines bounds it).",
+)
+PIPELINES_BYTES = Gauge(
+    f"{PREFIX}_pipelines_loaded_bytes",
+    "Bytes of the parameters and buffers of the pipelines this process holds (measured at "
+    "each load; max_loaded_bytes bounds it).",
+)
+PIPELINE_UNLOADS = Counter(
+    f"{PREFIX}_pipeline_unloads",
+    "Pipelines unloaded to stay within the memory budget (least recently used), by engine.",
+    ["engine"],
+)
 
 MICRO = 1_000_000
 
@@ -104,6 +119,15 @@ def credits_moved(charged_micro: int, refunded_micro: int) -> None:
 
 def model_loaded(engine: str, seconds: float) -> None:
     MODEL_LOAD.labels(engine).observe(seconds)
+
+
+def pipelines_held(count: int, size_bytes: int) -> None:
+    PIPELINES_LOADED.set(count)
+    PIPELINES_BYTES.set(size_bytes)
+
+
+def pipeline_unloaded(engine: str) -> None:
+    PIPELINE_UNLOADS.labels(engine).inc()
 
 
 class _Jobs(Collector):

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from localstability import metrics
 from localstability.config import Settings
-from localstability.inference.loader import PipelineCache
+from localstability.inference.cache import PipelineCache
 from localstability.jobs.base import JobSpec, queue_lost
 from localstability.jobs.board import JobBoard, RedisArtifactStore
 from localstability.jobs.celery_app import TASK, celery_app, engine_queue
@@ -94,6 +94,11 @@ def run_worker(settings: Settings, engines: list[str]) -> None:
     board = JobBoard(settings.redis_url, settings.redis_prefix, settings.result_ttl_s)
     store = RedisArtifactStore(settings.redis_url, settings.redis_prefix)
     pipelines = PipelineCache.for_settings(settings)
+    if settings.preload:
+        from localstability.service.preload import preload_sources, start_preloads
+
+        builder = TaskBuilder(settings)
+        start_preloads(pipelines, preload_sources(settings, builder.engines(), engines))
     app = celery_app(
         settings.redis_url, settings.visibility_timeout_s, settings.job_restore_interval_s
     )

@@ -6,29 +6,15 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from localstability import errors, metrics
-from localstability.config import Settings
+from localstability import errors
 from localstability.engines import Family
-from localstability.inference.control import NO_CONTROL, StepControl
-from localstability.inference.devices import resolve_device, resolve_dtype
 from localstability.inference.families import NoPipeline, UnknownFamily, adapter_for
 
 log = logging.getLogger(__name__)
-
-# How often a job that waits for a load looks whether it was cancelled.
-LOAD_POLL_S = 0.1
-# One load at a time in the process: two at once would race in diffusers' lazy imports (seen:
-# "module 'diffusers' has no attribute 'StableDiffusionPipeline'") and hold two models' worth
-# of memory while they read.
-_ONE_LOAD = threading.Lock()
 
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
@@ -207,83 +193,3 @@ def download(source: WeightSource, offline: bool, models_dir: Path) -> Path:
     if not path.exists():
         raise unavailable(source, f"no such path {path}")
     return path
-
-
-class PipelineCache:
-    """Pipelines loaded once per weight source and shared by every request for them.
-
-    A load runs on a thread of its own (one load at a time) while the job that asked for it
-    waits, checking its control: a job cancelled during a long load (or download) stops
-    waiting at once, and the load goes on for whoever asks next.
-    """
-
-    def __init__(self, device: str, dtype: Any, offline: bool, models_dir: Path) -> None:
-        self.device = device
-        self.dtype = dtype
-        self.offline = offline
-        self.models_dir = models_dir
-        self._pipelines: dict[tuple[str, ...], Any] = {}
-        self._lock = threading.Lock()
-        self._loading: dict[tuple[str, ...], Future[Any]] = {}
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> PipelineCache:
-        """The cache for a deployment: its device and dtype, offline or not, its models dir."""
-        device = resolve_device(settings.device)
-        return cls(
-            device,
-            resolve_dtype(settings.dtype, device),
-            settings.offline,
-            settings.data_dir / "models",
-        )
-
-    def get(self, source: WeightSource, control: StepControl = NO_CONTROL) -> Any:
-        """The pipeline for `source`, loading it on first use (other callers wait for it)."""
-        return self.get_or_load(
-            source, lambda: load_pipeline(source, self.device, self.dtype, self.offline), control
-        )
-
-    def get_or_load(
-        self, source: WeightSource, load: Callable[[], Any], control: StepControl = NO_CONTROL
-    ) -> Any:
-        """The cached model for `source`, or `load()` once (a failed load is tried again by
-        the next caller)."""
-        key = source.cache_key
-        with self._lock:
-            if key in self._pipelines:
-                return self._pipelines[key]
-            future = self._loading.get(key)
-            if future is None:
-                future = self._loading[key] = Future()
-                name = f"load-{source.engine_id}"
-                threading.Thread(
-                    target=self._load,
-                    args=(source.engine_id, key, load, future),
-                    name=name,
-                    daemon=True,
-                ).start()
-        while True:
-            control.check()
-            try:
-                return future.result(timeout=LOAD_POLL_S)
-            except TimeoutError:
-                if future.done():  # the load itself raised it
-                    raise
-
-    def _load(
-        self, engine_id: str, key: tuple[str, ...], load: Callable[[], Any], future: Future[Any]
-    ) -> None:
-        try:
-            with _ONE_LOAD:
-                began = time.perf_counter()
-                value = load()
-                metrics.model_loaded(engine_id, time.perf_counter() - began)
-        except BaseException as exc:
-            with self._lock:
-                del self._loading[key]
-            future.set_exception(exc)
-            return
-        with self._lock:
-            self._pipelines[key] = value
-            del self._loading[key]
-        future.set_result(value)

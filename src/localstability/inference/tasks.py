@@ -16,9 +16,10 @@ from typing import Any
 
 from localstability.engines import Family, Task
 from localstability.inference import diffusion, lora, upscale
+from localstability.inference.cache import PipelineCache
 from localstability.inference.control import StepControl
 from localstability.inference.diffusion import GeneratedImage
-from localstability.inference.loader import PipelineCache, WeightSource
+from localstability.inference.loader import WeightSource
 from localstability.inference.prompts import WeightedPrompt
 from localstability.protocol import Sampler
 
@@ -205,6 +206,13 @@ RUNNERS: dict[tuple[Task, Family], Runner] = {
 }
 
 
+def pipeline_of(run: TaskRun) -> WeightSource | None:
+    """The weights whose pipeline the run's runner takes with `PipelineCache.get` (so that
+    `PipelineCache.prefetch` can load it ahead of the run); None for an ESRGAN run, whose model
+    loads otherwise (with its fallback)."""
+    return None if run.weights.family == Family.ESRGAN else run.weights
+
+
 @dataclass
 class Batch:
     """Runs that share one call: each with its input images (PNG bytes by name)."""
@@ -225,5 +233,6 @@ def run_tasks(
     if runner is None:
         raise ValueError(f"no runner for {first.task.value} on the {first.weights.family} family")
     control.check()
-    result: list[list[GeneratedImage]] = runner(pipelines, batch.runs, batch.inputs, control)
+    with pipelines.holding():  # not unloaded under the budget while it runs
+        result: list[list[GeneratedImage]] = runner(pipelines, batch.runs, batch.inputs, control)
     return result

@@ -12,11 +12,12 @@ from typing import Any
 
 from localstability import errors
 from localstability.engines import Family
+from localstability.inference.cache import PipelineCache
 from localstability.inference.control import NO_CONTROL, StepControl
 from localstability.inference.diffusion import generators
 from localstability.inference.families import Role
 from localstability.inference.families.upscalers import LATENT_UPSCALER, REAL_ESRGAN
-from localstability.inference.loader import PipelineCache, WeightSource, download, unavailable
+from localstability.inference.loader import WeightSource, download, unavailable
 from localstability.inference.prompts import WeightedPrompt, encode_weighted_prompts
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,9 @@ from typing import Protocol
 from redis.exceptions import RedisError
 
 from localstability import errors, metrics
+from localstability.inference.cache import PipelineCache
 from localstability.inference.control import JobCancelled, StepControl
 from localstability.inference.diffusion import GeneratedImage
-from localstability.inference.loader import PipelineCache
 from localstability.jobs.artifacts import ArtifactStore, put_result, result_prefix, to_artifacts
 from localstability.jobs.base import GenerationKey, JobSpec, Ledger, cancelled
 from localstability.jobs.board import JobBoard

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from localstability import errors
 from localstability.config import load_settings
+from localstability.inference.cache import PipelineCache
 from localstability.inference.control import NO_CONTROL, StepControl
 from localstability.inference.diffusion import GeneratedImage
-from localstability.inference.loader import PipelineCache
 from localstability.inference.tasks import Batch, run_tasks
 from localstability.jobs.artifacts import (
     Artifact,

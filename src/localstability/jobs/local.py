@@ -4,7 +4,9 @@ front of one inference worker thread per device.
 - Admission: a bounded queue (`QueueFull`, 503) and a cap per organization on jobs queued or
   running (`TooManyJobs`, 429), checked before any credit is reserved.
 - Order: round robin over organizations (each gets one job per turn, first come first served
-  within an organization), so one heavy user can't starve the rest.
+  within an organization), so one heavy user can't starve the rest (`jobs.fair`). A job goes
+  to the inference thread only once its pipeline is loaded (`jobs.loads`): a load runs in the
+  background while the jobs of loaded engines go on.
 - Batching: the job that comes next takes along queued jobs that can share its pipeline call
   (equal `TaskRun.batch_key()`, up to its `batch_max_images`), taking turns across
   organizations the same way; `batch_window_s` lets a batch with room wait for more. Each job
@@ -32,10 +34,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
 from localstability import errors, metrics
+from localstability.inference.cache import PipelineCache
 from localstability.inference.control import BatchControl, JobCancelled, StepControl
 from localstability.inference.diffusion import GeneratedImage
-from localstability.inference.loader import PipelineCache
 from localstability.inference.worker import InferenceWorker
+from localstability.jobs import fair
 from localstability.jobs.artifacts import (
     Artifact,
     ArtifactStore,
@@ -60,6 +63,7 @@ from localstability.jobs.base import (
     too_many_jobs,
 )
 from localstability.jobs.execute import run_batch
+from localstability.jobs.loads import Loads
 from localstability.protocol import FINISHED, GenerationProgress, GenerationStatus
 from localstability.protocol import GenerationStatusBody as View
 
@@ -96,6 +100,7 @@ class LocalJobBackend:
         self._dispatcher: asyncio.Task[None] | None = None
         self._closing = False
         self._subscribers: dict[GenerationKey, set[asyncio.Queue[View]]] = {}
+        self.loads = Loads(pipelines, self._wakeup.set)
 
     # -- admission -------------------------------------------------------------------------
 
@@ -139,55 +144,15 @@ class LocalJobBackend:
         if self._dispatcher is None or self._dispatcher.done():
             self._dispatcher = asyncio.get_running_loop().create_task(self._dispatch())
 
-    def _next_job(self) -> Job | None:
-        """Round robin: the first organization in turn gives its oldest job, then goes last."""
-        if not self._queues:
-            return None
-        org, queue = self._queues.popitem(last=False)
-        job = queue.popleft()
-        if queue:
-            self._queues[org] = queue
-        return job
-
-    @staticmethod
-    def _room(batch: list[Job]) -> int:
-        """How many more images the batch may take (0 for a job that runs alone)."""
-        head = batch[0].spec.run
-        if not head.batches:
-            return 0
-        return head.batch_max_images - sum(job.spec.run.images for job in batch)
+    def _next_job(self) -> tuple[Job, bool | BaseException] | None:
+        """The next job in the fair order (`jobs.fair`) whose pipeline is loaded (`jobs.loads`:
+        a job whose pipeline is not waits in the queue while it loads in the background, and
+        the inference thread serves the others); or one whose load failed, with its error."""
+        self.loads.tidy(job for queue in self._queues.values() for job in queue)
+        return fair.next_ready(self._queues, self.loads.ready)
 
     def _fill(self, batch: list[Job]) -> None:
-        """Add queued jobs that can share the batch's pipeline call, one per organization per
-        turn (oldest first within an organization), while there is room."""
-        head = batch[0].spec.run
-        if not head.batches:
-            return
-        key = head.batch_key()
-        added = True
-        while added and self._room(batch) > 0:
-            added = False
-            for org in list(self._queues):
-                queue = self._queues[org]
-                job = next(
-                    (
-                        j
-                        for j in queue
-                        if j.spec.run.batches
-                        and j.spec.run.batch_key() == key
-                        and j.spec.run.images <= self._room(batch)
-                    ),
-                    None,
-                )
-                if job is None:
-                    continue
-                queue.remove(job)
-                if queue:
-                    self._queues.move_to_end(org)  # its turn is spent
-                else:
-                    del self._queues[org]
-                self._take(batch, job)
-                added = True
+        fair.fill(self._queues, batch, lambda job: self._take(batch, job))
 
     def _take(self, batch: list[Job], job: Job) -> None:
         batch.append(job)
@@ -201,7 +166,7 @@ class LocalJobBackend:
         self._take(batch, first)
         self._fill(batch)
         deadline = time.monotonic() + self.batch_window_s
-        while self._room(batch) > 0 and (remaining := deadline - time.monotonic()) > 0:
+        while fair.room(batch) > 0 and (remaining := deadline - time.monotonic()) > 0:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
@@ -211,15 +176,21 @@ class LocalJobBackend:
 
     async def _dispatch(self) -> None:
         while True:
-            job = self._next_job()
-            if job is None:
+            picked = self._next_job()
+            if picked is None:
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                continue
+            job, ready = picked
+            if isinstance(ready, BaseException):  # its pipeline failed to load
+                await self._failed(job, ready)
+                self._publish_all_queued()
                 continue
             try:
                 await self._execute(await self._gather(job))
             finally:
                 self._running = []
+                self.loads.release(job)
 
     def _progress_reporter(self, job: Job) -> Callable[[int, int], None]:
         loop = asyncio.get_running_loop()
@@ -376,20 +347,9 @@ class LocalJobBackend:
 
     def queue_position(self, job: Job) -> int | None:
         """How many jobs will start before this queued one (0: it is next)."""
-        queue = self._queues.get(job.organization_id)
-        if job.status != GenerationStatus.QUEUED or queue is None or job not in queue:
+        if job.status != GenerationStatus.QUEUED:
             return None
-        # Each turn takes one job from every organization in order: before this job start
-        # its own `index` predecessors, and from every other organization `index` jobs, plus
-        # one more from those whose turn comes first.
-        index = queue.index(job)
-        ahead, before_in_turn = index, True
-        for org, other in self._queues.items():
-            if org == job.organization_id:
-                before_in_turn = False
-                continue
-            ahead += min(len(other), index + int(before_in_turn))
-        return ahead
+        return fair.position(self._queues, job)
 
     def view(self, job: Job) -> View:
         return View(
