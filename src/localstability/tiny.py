@@ -356,7 +356,11 @@ def _vae(
     sample_size: int,
     scaling_factor: float,
     blocks: tuple[int, ...] = _VAE_BLOCKS,
+    latent_channels: int = 4,
+    **config: Any,
 ) -> AutoencoderKL:
+    """A tiny random VAE; `config` adds AutoencoderKL arguments (the flow families' shift and
+    their VAE without quant convs)."""
     from diffusers import AutoencoderKL
 
     n = len(blocks)
@@ -369,7 +373,7 @@ def _vae(
             block_out_channels=blocks,
             layers_per_block=1,
             act_fn="silu",
-            latent_channels=4,
+            latent_channels=latent_channels,
             norm_num_groups=8,
             sample_size=sample_size,
             scaling_factor=scaling_factor,
@@ -380,6 +384,7 @@ def _vae(
             # The real VAEs have self-attention in the mid block; at 1024x1024 that is
             # 16,384 tokens and would dominate the run time, so the tiny VAE leaves it out.
             mid_block_add_attention=False,
+            **config,
         )
     return vae.eval()
 

@@ -43,6 +43,7 @@ from localstability.tiny import (
     _clip_vocab_and_merges,
     _seeded,
     _text_encoder,
+    _vae,
     make_clip_tokenizer,
 )
 
@@ -59,7 +60,6 @@ _T5_PIECES = 32_000  # as the real T5 vocabulary, before its 100 sentinels
 _T5_EXTRA_IDS = 100
 _T5_HIDDEN = 64  # at least both CLIP widths together: SD3 pads their concatenation to it
 _LATENT_CHANNELS = 16
-_VAE_BLOCKS = (8, 8, 16, 16)
 # SD3's transformer: heads x head dim = its width; positions for up to 96x96 patches (1536 px).
 _SD3_HEADS, _SD3_HEAD_DIM = 2, 16
 _SD3_POS_EMBED_MAX = 96
@@ -140,29 +140,16 @@ def _t5(offset: int) -> tuple[Any, Any]:
 
 
 def _flow_vae(offset: int, scaling_factor: float, shift_factor: float) -> AutoencoderKL:
-    from diffusers import AutoencoderKL
-
-    n = len(_VAE_BLOCKS)
-    with _seeded(offset):
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * n,
-            up_block_types=("UpDecoderBlock2D",) * n,
-            block_out_channels=_VAE_BLOCKS,
-            layers_per_block=1,
-            act_fn="silu",
-            latent_channels=_LATENT_CHANNELS,
-            norm_num_groups=8,
-            sample_size=1024,
-            scaling_factor=scaling_factor,
-            shift_factor=shift_factor,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            force_upcast=False,
-            mid_block_add_attention=False,  # as in tiny: no attention at the latent size
-        )
-    return vae.eval()
+    """tiny's VAE with the flow families' 16 latent channels, shift and no quant convs."""
+    return _vae(
+        offset,
+        1024,
+        scaling_factor,
+        latent_channels=_LATENT_CHANNELS,
+        shift_factor=shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
 
 
 def build_sd3() -> DiffusionPipeline:
