@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from localstability.engines import CATALOGUE, ENGINE_ID, LORA_NAME, LORA_SUFFIX, Family
+from localstability.engines import CATALOGUE, ENGINE_ID, LORA_SUFFIX, Family, is_lora_name
 from localstability.protocol import LORA_WEIGHT_LIMIT
 
 CONFIG_ENV = "LOCALSTABILITY_CONFIG"
@@ -32,7 +32,7 @@ class EngineLora(BaseModel):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        if value.endswith(LORA_SUFFIX) or not LORA_NAME.fullmatch(value):
+        if not is_lora_name(value):
             raise ValueError(
                 f"LoRA {value!r}: name the adapter by its file's name without {LORA_SUFFIX} "
                 "(letters, digits, then also '.', '_' and '-'), not by a path"

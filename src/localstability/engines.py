@@ -406,6 +406,12 @@ ENGINE_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 LORA_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LORA_SUFFIX = ".safetensors"
 
+
+def is_lora_name(name: str) -> bool:
+    """Whether `name` can name an adapter (the rule above, and not its file's name)."""
+    return bool(LORA_NAME.fullmatch(name)) and not name.endswith(LORA_SUFFIX)
+
+
 # An operator's own engine takes its family's rules (tasks, sizes, default size, price,
 # batching) from the catalogue engine that serves that family.
 FAMILY_TEMPLATES: dict[Family, str] = {

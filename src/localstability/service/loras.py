@@ -15,7 +15,7 @@ from pathlib import Path
 
 from localstability import errors
 from localstability.config import Settings
-from localstability.engines import LORA_NAME, LORA_SUFFIX, EngineSpec
+from localstability.engines import LORA_SUFFIX, EngineSpec, is_lora_name
 from localstability.protocol import LoraRequest
 
 # One adapter of a run, as the job carries it: [name, file, weight].
@@ -43,7 +43,7 @@ class LoraFolder:
         return {
             file.name.removesuffix(LORA_SUFFIX): file
             for file in files
-            if file.is_file() and LORA_NAME.fullmatch(file.name.removesuffix(LORA_SUFFIX))
+            if file.is_file() and is_lora_name(file.name.removesuffix(LORA_SUFFIX))
         }
 
     def check_engine(self, engine: EngineSpec) -> None:
@@ -70,7 +70,7 @@ class LoraFolder:
         named: set[str] = set()
         for index, lora in enumerate(requested or ()):
             where = f"loras[{index}].name"
-            if not LORA_NAME.fullmatch(lora.name) or lora.name.endswith(LORA_SUFFIX):
+            if not is_lora_name(lora.name):
                 raise errors.InvalidLora(
                     f"{where}: {lora.name!r} is not an adapter name; name one of those that "
                     f"GET /v1/engines/list gives for {engine.id} (a name, never a path or URL)"
