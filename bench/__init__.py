@@ -40,3 +40,29 @@ def write_results(name: str, payload: dict[str, Any]) -> Path:
     out.write_text(json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out}")
     return out
+
+
+def finish(name: str, began: float, **figures: Any) -> dict[str, Any]:
+    """A tiny-model benchmark's payload (its figures, the machine, the seconds since `began`,
+    a perf_counter reading), written by write_results; returned."""
+    import time
+
+    payload = {
+        "benchmark": name,
+        "machine": machine(),
+        "models": TINY_MODELS,
+        **figures,
+        "seconds": round(time.perf_counter() - began, 1),
+    }
+    write_results(name, payload)
+    return payload
+
+
+def repeats_and_steps(argv: list[str] | None, description: str | None) -> Any:
+    """The arguments of a benchmark that takes --repeats (5) and --steps (10)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    return parser.parse_args(argv)

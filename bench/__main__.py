@@ -5,11 +5,11 @@
     .venv/bin/python -m bench --collect
 
 A full run (`make bench`) runs latency, throughput, memory (once per engine), memory_budget,
-batching, startup, scaleout and upscale_quality with their full settings (BENCHMARKS below),
-writes each one's own dated file and the summary bench/results/all-YYYY-MM-DD.json (each
-benchmark's headline figures, its arguments and time, the machine, the total time), then
-rewrites the README's benchmark table (between the bench:start / bench:end markers) from that
-summary.
+batching, startup, scaleout, loras, safety and upscale_quality with their full settings
+(BENCHMARKS below), writes each one's own dated file and the summary
+bench/results/all-YYYY-MM-DD.json (each benchmark's headline figures, its arguments and time,
+the machine, the total time), then rewrites the README's benchmark table (between the
+bench:start / bench:end markers) from that summary.
 
 --quick runs each with one repeat and 10 steps (throughput and batching on SD1 only), as a
 smoke check of the whole chain (its figures mean nothing); it writes to a new temporary folder,
@@ -53,6 +53,7 @@ LABELS = {
     "stable-diffusion-v1-6": "SD1",
     "stable-diffusion-512-v2-1": "SD2",
     "stable-diffusion-xl-1024-v1-0": "SDXL",
+    "localstability-shapes-v1": "shapes",
 }
 Figures = dict[str, Any]
 
@@ -406,7 +407,8 @@ def upscale_row(f: Figures) -> tuple[str, str]:
 
 # The order they run in, and the settings of a full run (those the README's figures used) and
 # of --quick (the least the HTTP API takes: 10 steps; throughput and batching on SD1 only).
-def loras_figures(payloads: list[dict[str, Any]]) -> Figures:
+def in_process_and_http(payloads: list[dict[str, Any]]) -> Figures:
+    """The figures of a benchmark with an in-process part and an HTTP part (loras, safety)."""
     return {"in_process": payloads[0]["in_process"], "http": payloads[0]["http"]}
 
 
@@ -426,6 +428,21 @@ def loras_row(f: Figures) -> tuple[str, str]:
         f"{x(http['ratio'])} none ({http['alternating_adapters_median_s']:.2f} s vs "
         f"{http['same_adapter_median_s']:.2f} s vs {http['no_adapter_median_s']:.2f} s), "
         f"base model loads meanwhile: {http['base_model_loads_during']:.0f}",
+    )
+
+
+def safety_row(f: Figures) -> tuple[str, str]:
+    local = f["in_process"]
+    http = "; ".join(
+        f"{label(row['engine_id'], row['size'])}: {x(row['ratio'], 3)} "
+        f"({row['filter_on_median_s']:.3f} s vs {row['filter_off_median_s']:.3f} s)"
+        for row in f["http"]
+    )
+    return (
+        "the output filter (NudeNet) per image, and HTTP text-to-image with it vs without",
+        f"NudeNet loads in {local['load_s']:.2f} s, looks at a 512x512 image in "
+        f"{local['photo_512']['median_s'] * 1000:.0f} ms (1024x1024: "
+        f"{local['photo_1024']['median_s'] * 1000:.0f} ms); HTTP filter on vs off: {http}",
     )
 
 
@@ -512,8 +529,16 @@ BENCHMARKS = [
         result="loras",
         title="switching LoRA adapters between jobs vs loading the base model",
         runs=[Run(full=[], quick=["--repeats", "1"])],
-        figures=loras_figures,
+        figures=in_process_and_http,
         row=loras_row,
+    ),
+    Benchmark(
+        name="safety",
+        result="safety",
+        title="the output filter (NudeNet) per image, and HTTP text-to-image with it vs without",
+        runs=[Run(full=[], quick=["--repeats", "1"])],
+        figures=in_process_and_http,
+        row=safety_row,
     ),
     Benchmark(
         name="upscale_quality",

@@ -18,7 +18,6 @@ Two parts, on the tiny models and the tiny adapters of `models make-tiny`:
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import TINY_MODELS, machine, write_results
+from bench import finish, repeats_and_steps
 
 FAMILIES = {"sd1": ("tiny-sd1-style", "tiny-sd1-detail"), "sdxl": ("tiny-sdxl-style", None)}
 ENGINE = "stable-diffusion-v1-6"
@@ -157,10 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run with these command-line arguments (default: sys.argv); returns what it wrote."""
     from localstability.testing import run_cli
 
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10)
-    args = parser.parse_args(argv)
+    args = repeats_and_steps(argv, __doc__)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-loras-") as scratch:
         tiny = Path(scratch) / "tiny"
@@ -177,17 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             rows.append(in_process(tiny, family, args.repeats))
         print("through HTTP", flush=True)
         http = through_http(tiny, args.repeats, args.steps)
-    payload = {
-        "benchmark": "loras",
-        "machine": machine(),
-        "models": TINY_MODELS,
-        "repeats": args.repeats,
-        "in_process": rows,
-        "http": http,
-        "seconds": round(time.perf_counter() - began, 1),
-    }
-    write_results("loras", payload)
-    return payload
+    return finish("loras", began, repeats=args.repeats, in_process=rows, http=http)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,17 @@ def admin_cli(env: dict[str, str], *args: str) -> str:
     return result.stdout.strip()
 
 
+# The test deployments run with both content filters on (tests/test_safety.py): prompts are
+# blocked by the shipped word list, and the output filter blurs what NudeNet sees as a woman's
+# face, so that a public-domain photo (scikit-image's astronaut) shows it; the tiny models'
+# noise and the tests' drawn pictures hold no face.
+SAFETY_ENV = {
+    "LOCALSTABILITY_SAFETY__PROMPT_FILTER": "block",
+    "LOCALSTABILITY_SAFETY__OUTPUT_FILTER": "nudenet",
+    "LOCALSTABILITY_SAFETY__OUTPUT_LABELS": '["FACE_FEMALE"]',
+}
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny random-weight SD1, SD2 and SDXL pipelines and their config (built in seconds)."""
@@ -65,7 +76,9 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def server(tiny_dir: Path) -> Iterator[Server]:
     """`localstability serve` on a free loopback port with the tiny models."""
-    running = start_server(tiny_dir / "localstability.toml", tiny_dir / "server.log")
+    running = start_server(
+        tiny_dir / "localstability.toml", tiny_dir / "server.log", env=SAFETY_ENV
+    )
     yield running
     running.stop()
 
@@ -250,6 +263,7 @@ def start_deployment(
     env = {
         "LOCALSTABILITY_DATA_DIR": str(directory / "data"),
         "LOCALSTABILITY_ADMIN_KEY": ADMIN_KEY,
+        **SAFETY_ENV,
         **env,
     }
     if database == "postgresql":
@@ -360,6 +374,7 @@ def cluster(
         "LOCALSTABILITY_RUNNER_HEARTBEAT_S": "1",
         "LOCALSTABILITY_RUNNER_TIMEOUT_S": "4",
         "LOCALSTABILITY_MAX_JOBS_PER_ORGANIZATION": "3",
+        **SAFETY_ENV,
     }
     replicas: list[ServerProcess] = []
     workers: list[WorkerProcess] = []

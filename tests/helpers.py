@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -98,3 +101,14 @@ def composited(init: Image.Image, generated: Image.Image, mask: Image.Image) -> 
         np.asarray(init.convert("RGB"), np.float32) * (1 - weight) + pixels(generated) * weight
     )
     return np.clip(np.rint(blended), 0, 255).astype(np.int16)
+
+
+def skimage_photo(name: str) -> Path:
+    """A photo that scikit-image's wheel ships (public domain, e.g. astronaut.png), read without
+    importing skimage; the test is skipped where scikit-image is not installed."""
+    spec = importlib.util.find_spec("skimage")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / "data" / name
+        if path.is_file():
+            return path
+    pytest.skip(f"scikit-image (which ships data/{name} in its wheel) is not installed")

@@ -238,6 +238,26 @@ BUDGET = {
         },
     ],
 }
+SAFETY = {
+    "benchmark": "safety",
+    "in_process": {
+        "classifier": "nudenet 3.4.2 (320n.onnx)",
+        "load_s": 0.09,
+        "photo_512": {"median_s": 0.021, "flagged": True},
+        "photo_1024": {"median_s": 0.035, "flagged": True},
+        "noise_512": {"median_s": 0.019, "flagged": False},
+    },
+    "http": [
+        {
+            "engine_id": "stable-diffusion-v1-6",
+            "size": "512x512",
+            "steps": 10,
+            "filter_off_median_s": 0.42,
+            "filter_on_median_s": 0.45,
+            "ratio": 1.071,
+        }
+    ],
+}
 PAYLOADS: dict[str, Any] = {
     "latency": LATENCY,
     "throughput": THROUGHPUT,
@@ -246,6 +266,7 @@ PAYLOADS: dict[str, Any] = {
     "startup": STARTUP,
     "scaleout": SCALEOUT,
     "loras": LORAS,
+    "safety": SAFETY,
     "upscale_quality": UPSCALE,
 }
 
@@ -346,6 +367,9 @@ def test_table_rows_carry_the_headline_figures() -> None:
         scaleout
     )
     assert "one worker batching the queued jobs 1.26x without (1.71 vs 1.36 img/s)" in scaleout
+    safety = rows["python -m bench.safety"]
+    assert "a 512x512 image in 21 ms (1024x1024: 35 ms)" in safety
+    assert "SD1 512: 1.071x (0.450 s vs 0.420 s)" in safety
     loras = rows["python -m bench.loras"]
     assert "SD1: switch 4.2 ms, first load 190 ms vs base model load 610 ms (0.0069x)" in loras
     assert "HTTP SD1 320, 10 steps: alternating 1.02x one adapter, 1.06x none" in loras

@@ -63,6 +63,11 @@ def run_json(command: list[str], env: dict[str, str] | None = None) -> dict[str,
 
 @pytest.fixture(scope="module")
 def probe(server: Server) -> Probe:
+    return probe_for(server)
+
+
+def probe_for(server: Server) -> Probe:
+    """The stabilityai client against `server` (its bootstrap key unless told another)."""
     if not PROBE_PYTHON.exists():
         pytest.fail(f"{PROBE_PYTHON} is missing: {SETUP_HINT}")
 
@@ -76,6 +81,11 @@ def probe(server: Server) -> Probe:
 
 @pytest.fixture(scope="module")
 def modelfusion(server: Server) -> Modelfusion:
+    return modelfusion_for(server)
+
+
+def modelfusion_for(server: Server) -> Modelfusion:
+    """modelfusion's text-to-image against `server`, with its bootstrap key."""
     if not (JS_DIR / "node_modules" / "modelfusion").is_dir():
         pytest.fail(f"{JS_DIR / 'node_modules'} has no modelfusion: {SETUP_HINT}")
     node = shutil.which("node")

@@ -57,7 +57,7 @@ def test_migrations_create_the_schema_and_match_the_models(database_url: str) ->
         assert expected | {"generations", "ledger_entries"} <= tables
         with database.engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-            assert version == "0005"
+            assert version == "0006"
             # The migrations and the SQLAlchemy models describe the same schema.
             differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
             assert differences == []

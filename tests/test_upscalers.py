@@ -34,6 +34,7 @@ from localstability.upscalers.ncnn import (
     find_packaged_model,
     read_bin,
 )
+from tests.helpers import skimage_photo
 
 X4PLUS = "realesrgan-x4plus"
 ANIMEVIDEO = "realesr-animevideov3-x4"
@@ -50,15 +51,6 @@ def _packaged_available() -> bool:
 needs_packaged = pytest.mark.skipif(
     not _packaged_available(), reason=f"{ncnn.PACKAGE_REQUIREMENT} is not installed"
 )
-
-
-def _skimage_photo(name: str) -> Path:
-    spec = importlib.util.find_spec("skimage")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(location) / "data" / name
-        if path.is_file():
-            return path
-    pytest.skip(f"scikit-image (which ships data/{name} in its wheel) is not installed")
 
 
 def assert_same_tensors(first: Path, second: Path) -> None:
@@ -327,7 +319,7 @@ def test_x4plus_restores_detail_that_bicubic_loses(x4plus: Any) -> None:
     0.60 x for bicubic.  The test asserts that, and that fidelity stays within a few dB of
     bicubic (a broken conversion, for example swapped channels, falls far below).
     """
-    original = Image.open(_skimage_photo("astronaut.png")).convert("RGB")
+    original = Image.open(skimage_photo("astronaut.png")).convert("RGB")
     high = original.crop((192, 192, 320, 320))
     low = high.resize((32, 32), Image.Resampling.BICUBIC)
     bicubic = low.resize(high.size, Image.Resampling.BICUBIC)
@@ -360,7 +352,7 @@ def test_x4plus_tiled_matches_untiled(x4plus: Any) -> None:
 
     A cut on one side was the worst case measured (see ``localstability.upscalers.esrgan``).
     """
-    original = Image.open(_skimage_photo("astronaut.png")).convert("RGB")
+    original = Image.open(skimage_photo("astronaut.png")).convert("RGB")
     image = original.crop((120, 180, 312, 212))  # 192x32
     untiled = upscale(x4plus, image, tile=0)
     tiled = upscale(x4plus, image, tile=32)
@@ -370,7 +362,7 @@ def test_x4plus_tiled_matches_untiled(x4plus: Any) -> None:
 
 
 def test_animevideo_tiled_matches_untiled(animevideo: Any) -> None:
-    original = Image.open(_skimage_photo("astronaut.png")).convert("RGB")
+    original = Image.open(skimage_photo("astronaut.png")).convert("RGB")
     image = original.crop((150, 60, 246, 140))  # 96x80
     untiled = upscale(animevideo, image, tile=0)
     assert max_diff(upscale(animevideo, image, tile=32), untiled) <= 1

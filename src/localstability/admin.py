@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from localstability import errors
 from localstability.config import CONFIG_ENV, Settings, load_settings
 from localstability.engines import EngineSpec
+from localstability.safety.settings import PromptFilterMode
 from localstability.service.admin import AdminService
 
 users_app = typer.Typer(help="Users.", no_args_is_help=True)
@@ -164,7 +165,11 @@ def orgs_create(
 def orgs_list(as_json: JsonOption = False, config: ConfigOption = None) -> None:
     """Every organization with its balance, its reserved credits and its members."""
     with admin_service(config) as admin:
-        print_rows(admin.organizations(), as_json, ["id", "name", "credits", "reserved", "members"])
+        print_rows(
+            admin.organizations(),
+            as_json,
+            ["id", "name", "credits", "reserved", "members", "prompt_filter"],
+        )
 
 
 @orgs_app.command("add-member")
@@ -194,6 +199,24 @@ def orgs_grant(
     with admin_service(config) as admin:
         entry = admin.grant(org, credits, note)
     typer.echo(f"{org}: {entry.balance_after:g} credits")
+
+
+@orgs_app.command("prompt-filter")
+def orgs_prompt_filter(
+    org: OrgOption,
+    mode: Annotated[
+        str, typer.Argument(help="off, warn or block; 'default': the deployment's setting.")
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Set an organization's own prompt filter (docs/safety.md)."""
+    choices = [*PromptFilterMode, "default"]
+    if mode not in choices:
+        raise typer.BadParameter(f"one of {', '.join(choices)}", param_hint="MODE")
+    chosen = None if mode == "default" else PromptFilterMode(mode)
+    with admin_service(config) as admin:
+        info = admin.set_prompt_filter(org, chosen)
+    typer.echo(f"{org}: prompt filter {info.prompt_filter or 'as the deployment'}")
 
 
 @ledger_app.command("show")
@@ -227,7 +250,9 @@ def ledger_generations(
     """An organization's newest generation records: engine, task, status, cost, run time."""
     with admin_service(config) as admin:
         columns = ["id", "created_at", "engine_id", "task", "status", "credits", "seconds"]
-        print_rows(admin.generations(org, limit), as_json, [*columns, "finish_reasons"])
+        print_rows(
+            admin.generations(org, limit), as_json, [*columns, "finish_reasons", "content_filter"]
+        )
 
 
 @ledger_app.command("purge")

@@ -398,6 +398,7 @@ def models_make_tiny(
     from localstability.single_file import write_single_file
     from localstability.tiny import build_tiny_models
     from localstability.tiny_lora import build_tiny_loras
+    from localstability.tiny_safety import build_tiny_safety_checker
     from localstability.upscalers.esrgan import write_tiny_esrgan
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -408,5 +409,7 @@ def models_make_tiny(
     typer.echo(f"built tiny ESRGAN x4 upscaler {folders['esrgan']}")
     loras = build_tiny_loras(directory, directory / "loras")
     typer.echo(f"built tiny LoRA adapters {', '.join(loras)} in {directory / 'loras'}")
+    checker = build_tiny_safety_checker(directory / "safety-checker")
+    typer.echo(f"built a tiny safety checker (the output filter's) in {checker}")
     config_path = write_tiny_config(directory, folders)
     typer.echo(f"wrote {config_path}; run: localstability serve --config {config_path}")

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from localstability.engines import CATALOGUE, ENGINE_ID, LORA_SUFFIX, Family, is_lora_name
 from localstability.protocol import LORA_WEIGHT_LIMIT
+from localstability.safety.settings import SafetySettings
 
 CONFIG_ENV = "LOCALSTABILITY_CONFIG"
 
@@ -285,6 +286,9 @@ class Settings(BaseSettings):
         "(family: sd1, sd2, sdxl...), read again at each request. Unset: data_dir/loras. Every "
         "machine of a deployment needs the same folder.",
     )
+    safety: SafetySettings = Field(
+        default_factory=SafetySettings, description="The prompt and output filters."
+    )
     engines: dict[str, EngineConfig] = Field(default_factory=dict)
 
     @field_validator("data_dir")
@@ -349,15 +353,23 @@ class Settings(BaseSettings):
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> dict[str, Any]:
-    """Resolve data_dir and local engine sources relative to the TOML file's folder."""
+    """Resolve data_dir, lora_dir and local paths (engine sources, the safety files)
+    relative to the TOML file's folder."""
     for key in ("data_dir", "lora_dir"):
         if key in raw:
             raw[key] = str((base / Path(raw[key]).expanduser()).resolve())
-    for engine in raw.get("engines", {}).values():
-        for key in ("source", "config", "inpainting_source"):
-            value = engine.get(key)
+    tables: list[tuple[dict[str, Any], tuple[str, ...]]] = [
+        (raw.get("safety", {}), ("prompt_words_file", "output_model"))
+    ]
+    tables += [
+        (e, ("source", "config", "inpainting_source")) for e in raw.get("engines", {}).values()
+    ]
+    for table, keys in tables:
+        for key in keys:
+            value = table.get(key)
+            # A relative path (not a Hub repo id): from the TOML file's folder.
             if isinstance(value, str) and value.startswith((".", "~")):
-                engine[key] = str((base / Path(value).expanduser()).resolve())
+                table[key] = str((base / Path(value).expanduser()).resolve())
     return raw
 
 

@@ -21,6 +21,7 @@ from localstability.service.admin import AdminService
 from localstability.service.billing import Billing, billing_for
 from localstability.service.generation import GenerationService
 from localstability.service.health import HealthService
+from localstability.service.moderation import load_output_filter
 from localstability.service.ratelimit import Limiter, RateLimiter, RedisRateLimiter
 from localstability.store.db import Database
 
@@ -94,6 +95,7 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
         worker = InferenceWorker(trim_memory=settings.trim_memory)
         store = artifact_store(settings)
         pipelines = PipelineCache.for_settings(settings)
+        load_output_filter(settings.safety, pipelines)
         jobs = LocalJobBackend(
             billing,
             worker,

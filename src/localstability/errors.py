@@ -54,6 +54,16 @@ class InvalidSdxlV222Dimensions(BadRequest):
     name = "invalid_sdxl_v222_dimensions"
 
 
+class InvalidPrompts(BadRequest):
+    """A prompt (negative ones too) that the prompt filter blocks: the hosted API's answer,
+    word for word; which word is not said (the log says it)."""
+
+    name = "invalid_prompts"
+
+    def __init__(self) -> None:
+        super().__init__("One or more of the prompts contains filtered words")
+
+
 class InvalidLora(BadRequest):
     """A `loras` entry that can't name an adapter (a path, a URL, named twice), or an
     adapter file that does not load on the engine."""

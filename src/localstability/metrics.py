@@ -88,6 +88,23 @@ PIPELINE_UNLOADS = Counter(
     "Pipelines unloaded to stay within the memory budget (least recently used), by engine.",
     ["engine"],
 )
+PROMPTS_FILTERED = Counter(
+    f"{PREFIX}_prompts_filtered",
+    "Requests whose prompts the prompt filter matched, by mode (warn: let through, block: "
+    "refused with 400 invalid_prompts).",
+    ["mode"],
+)
+IMAGES_FILTERED = Counter(
+    f"{PREFIX}_images_filtered",
+    "Generated images the output filter flagged and blurred, by classifier.",
+    ["classifier"],
+)
+OUTPUT_FILTER = Histogram(
+    f"{PREFIX}_output_filter_seconds",
+    "The output filter's look at one run's images, by classifier.",
+    ["classifier"],
+    buckets=SECONDS,
+)
 
 MICRO = 1_000_000
 
@@ -128,6 +145,16 @@ def pipelines_held(count: int, size_bytes: int) -> None:
 
 def pipeline_unloaded(engine: str) -> None:
     PIPELINE_UNLOADS.labels(engine).inc()
+
+
+def prompt_filtered(mode: str) -> None:
+    PROMPTS_FILTERED.labels(mode).inc()
+
+
+def output_screened(classifier: str, seconds: float, flagged: int) -> None:
+    OUTPUT_FILTER.labels(classifier).observe(seconds)
+    if flagged:
+        IMAGES_FILTERED.labels(classifier).inc(flagged)
 
 
 class _Jobs(Collector):

@@ -26,6 +26,7 @@ from localstability.jobs.board import JobBoard, RedisArtifactStore
 from localstability.jobs.celery_app import TASK, celery_app, engine_queue
 from localstability.jobs.delivered import RUNNING_ELSEWHERE, Deliveries
 from localstability.service.billing import Billing, billing_for
+from localstability.service.moderation import load_output_filter
 from localstability.service.tasks import TaskBuilder
 from localstability.store.db import Database
 
@@ -94,6 +95,7 @@ def run_worker(settings: Settings, engines: list[str]) -> None:
     board = JobBoard(settings.redis_url, settings.redis_prefix, settings.result_ttl_s)
     store = RedisArtifactStore(settings.redis_url, settings.redis_prefix)
     pipelines = PipelineCache.for_settings(settings)
+    load_output_filter(settings.safety, pipelines)
     if settings.preload:
         from localstability.service.preload import preload_sources, start_preloads
 

@@ -71,6 +71,7 @@ class GeneratedImage:
     image: Any  # PIL.Image.Image
     seed: int
     nsfw: bool
+    filtered_by: str | None = None  # the output filter's finding, when it blurred the image
 
 
 class DiffusionRun(Protocol):

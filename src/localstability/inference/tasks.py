@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from localstability.engines import Family, Task
-from localstability.inference import diffusion, lora, upscale
+from localstability.inference import diffusion, lora, safety, upscale
 from localstability.inference.cache import PipelineCache
 from localstability.inference.control import StepControl
 from localstability.inference.diffusion import GeneratedImage
@@ -41,6 +41,7 @@ class TaskRun:
     inputs: tuple[str, ...] = ()
     fallback: WeightSource | None = None  # weights to use when `weights` can't be had
     batch_max_images: int = 1  # the most images runs sharing its pipeline call may make
+    content_filter: safety.OutputFilter | None = None  # the output filter its images pass
 
     @property
     def images(self) -> int:
@@ -78,11 +79,13 @@ class TaskRun:
             "inputs": list(self.inputs),
             "fallback": _source_dict(self.fallback) if self.fallback else None,
             "batch_max_images": self.batch_max_images,
+            "content_filter": self.content_filter.to_dict() if self.content_filter else None,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TaskRun:
         fallback = data.get("fallback")
+        content_filter = data.get("content_filter")
         return cls(
             task=Task(data["task"]),
             weights=_source(data["weights"]),
@@ -90,6 +93,9 @@ class TaskRun:
             inputs=tuple(data.get("inputs", ())),
             fallback=_source(fallback) if fallback else None,
             batch_max_images=data.get("batch_max_images", 1),
+            content_filter=safety.OutputFilter.from_dict(content_filter)
+            if content_filter
+            else None,
         )
 
 
@@ -225,7 +231,8 @@ def run_tasks(
     pipelines: PipelineCache, batch: Batch, control: StepControl
 ) -> list[list[GeneratedImage]]:
     """Run the batch's runs (one, or several with equal batch keys) as one call: the images
-    of each run, in order. `control` sees every step (or tile) and may stop it."""
+    of each run, in order, each run's through its output filter. `control` sees every step
+    (or tile) and may stop it."""
     first = batch.runs[0]
     if len(batch.runs) > 1 and len({run.batch_key() for run in batch.runs}) != 1:
         raise ValueError("the runs of a batch must share their batch_key()")
@@ -235,4 +242,17 @@ def run_tasks(
     control.check()
     with pipelines.holding():  # not unloaded under the budget while it runs
         result: list[list[GeneratedImage]] = runner(pipelines, batch.runs, batch.inputs, control)
-    return result
+    return [
+        screened(pipelines, run, images) for run, images in zip(batch.runs, result, strict=True)
+    ]
+
+
+def screened(
+    pipelines: PipelineCache, run: TaskRun, images: list[GeneratedImage]
+) -> list[GeneratedImage]:
+    """The run's images through its output filter (if it has one)."""
+    spec = run.content_filter
+    if spec is None:
+        return images
+    found = safety.classifier(spec, pipelines.device, pipelines.offline, pipelines.models_dir)
+    return safety.screen(images, spec, found)

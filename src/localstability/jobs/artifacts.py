@@ -38,6 +38,7 @@ class Artifact:
     png: bytes
     seed: int
     finish_reason: FinishReason
+    filtered_by: str | None = None  # what the output filter found, when it blurred the image
 
 
 def encode_png(image: Any) -> bytes:
@@ -53,7 +54,8 @@ def to_artifacts(images: list[Any], check: Callable[[], None] = lambda: None) ->
     for generated in images:
         check()
         reason = FinishReason.CONTENT_FILTERED if generated.nsfw else FinishReason.SUCCESS
-        artifacts.append(Artifact(encode_png(generated.image), generated.seed, reason))
+        png = encode_png(generated.image)
+        artifacts.append(Artifact(png, generated.seed, reason, generated.filtered_by))
     return artifacts
 
 

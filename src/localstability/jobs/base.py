@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -218,8 +218,9 @@ class Ledger(Protocol):
     def start(self, *generations: GenerationKey) -> None:
         """They start, together in one pipeline call when there are several."""
 
-    def succeed(self, generation: GenerationKey, finish_reasons: list[str]) -> bool:
-        """Charge it; False when it had ended already (nothing moves)."""
+    def succeed(self, generation: GenerationKey, artifacts: Sequence[Artifact]) -> bool:
+        """Charge it for its `artifacts` (their finish reasons and what the output filter
+        found go in its record); False when it had ended already (nothing moves)."""
 
     def end(
         self, generation: GenerationKey, status: GenerationStatus, error: errors.ApiError

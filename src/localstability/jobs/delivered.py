@@ -206,7 +206,7 @@ class Batched:
         key = spec.key
         try:
             artifacts = to_artifacts(images, self.control.check)
-            charged = self.d.ledger.succeed(key, [a.finish_reason.value for a in artifacts])
+            charged = self.d.ledger.succeed(key, artifacts)
         except JobCancelled:
             return self._end(spec, GenerationStatus.CANCELLED, cancelled(spec.id))
         if not charged:  # it ended meanwhile (refunded as interrupted): its images are not given

@@ -255,8 +255,7 @@ class LocalJobBackend:
     async def _complete(self, job: Job, images: list[GeneratedImage]) -> None:
         try:
             artifacts = await asyncio.to_thread(to_artifacts, images, job.control.check)
-            reasons = [a.finish_reason.value for a in artifacts]
-            charged = await asyncio.to_thread(self.ledger.succeed, job.key, reasons)
+            charged = await asyncio.to_thread(self.ledger.succeed, job.key, artifacts)
         except Exception as exc:
             job.settled = False
             await self._failed(job, exc)
@@ -264,7 +263,7 @@ class LocalJobBackend:
         wait, took = job.timings()
         if charged and wait is not None and took is not None:
             metrics.generation_made(
-                job.spec.engine_id, job.spec.task.value, wait, took, len(reasons)
+                job.spec.engine_id, job.spec.task.value, wait, took, len(artifacts)
             )
         prefix = result_prefix(*job.key)
         try:

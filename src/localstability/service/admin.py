@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from localstability.protocol import AccountResponseBody
+from localstability.safety.settings import PromptFilterMode
 from localstability.service.accounts import account_of
 from localstability.service.billing import Billing
 from localstability.store import accounts, ledger
@@ -33,6 +34,9 @@ class OrganizationInfo(BaseModel):
     credits: float = Field(description="What the organization may spend now.")
     reserved: float = Field(description="What its running generations hold.")
     members: list[MemberInfo]
+    prompt_filter: PromptFilterMode | None = Field(
+        None, description="Its own prompt filter (off, warn, block); null: the deployment's."
+    )
 
 
 class LedgerEntryInfo(BaseModel):
@@ -68,6 +72,11 @@ class GenerationInfo(BaseModel):
     batch_size: int | None = Field(
         description="Generations that ran in one pipeline call with it, itself included."
     )
+    content_filter: list[str | None] | None = Field(
+        None,
+        description="For each image the output filter blurred, what it found (e.g. "
+        "'nudenet: FACE_FEMALE 0.72'); null for the others, and when it blurred none.",
+    )
 
 
 class KeyInfo(BaseModel):
@@ -96,6 +105,7 @@ def _organization_info(org: Organization) -> OrganizationInfo:
             MemberInfo(user_id=m.user_id, email=m.user.email, role=m.role, is_default=m.is_default)
             for m in org.memberships
         ],
+        prompt_filter=org.prompt_filter,
     )
 
 
@@ -154,6 +164,17 @@ class AdminService:
         with self.database.session() as session:
             return [_organization_info(org) for org in accounts.list_organizations(session)]
 
+    def set_prompt_filter(
+        self, organization_id: str, mode: PromptFilterMode | None
+    ) -> OrganizationInfo:
+        """The organization's own prompt filter mode (None: the deployment's). Servers see
+        it at the organization's next request."""
+        with self.database.session.begin() as session:
+            org = ledger.organization(session, organization_id)
+            org.prompt_filter = mode.value if mode else None
+            session.flush()
+            return _organization_info(org)
+
     def add_member(
         self, organization_id: str, email: str, role: str = "MEMBER", default: bool = False
     ) -> MemberInfo:
@@ -209,6 +230,7 @@ class AdminService:
                     error=f"{g.error_name}: {g.error}" if g.error_name else g.error,
                     error_name=g.error_name,
                     batch_size=g.batch_size,
+                    content_filter=g.content_filter,
                 )
                 for g in records
             ]

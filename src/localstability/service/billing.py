@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy import delete, select, update
@@ -23,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from localstability import errors, metrics
 from localstability.config import Settings
-from localstability.jobs.artifacts import INPUT_TTL_S
+from localstability.jobs.artifacts import INPUT_TTL_S, Artifact
 from localstability.jobs.base import GenerationKey, JobSpec, worker_lost
 from localstability.store import ledger
 from localstability.store.db import Database
@@ -248,14 +249,18 @@ class Billing:
             return GenerationStatus.FAILED, INTERRUPTED.name, INTERRUPTED.message
         return record.status, record.error_name, record.error or ""
 
-    def succeed(self, generation: GenerationKey, finish_reasons: list[str]) -> bool:
-        """Charge it; False when it had ended already (and nothing moved)."""
+    def succeed(self, generation: GenerationKey, artifacts: Sequence[Artifact]) -> bool:
+        """Charge it, filtered images included (as the hosted API does: the work was done);
+        its record keeps each image's finish reason and what the output filter found. False
+        when it had ended already (and nothing moved)."""
+        filtered = [a.filtered_by for a in artifacts]
         with self.database.session.begin() as session:
             charged = ledger.finish(
                 session,
                 *generation,
                 GenerationStatus.SUCCEEDED,
-                finish_reasons=finish_reasons,
+                finish_reasons=[a.finish_reason.value for a in artifacts],
+                content_filter=filtered if any(filtered) else None,
             )
         if charged is None:
             return False

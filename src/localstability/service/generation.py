@@ -13,7 +13,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pydantic import BaseModel
 
@@ -33,6 +33,7 @@ from localstability.protocol import (
     UpscaleRequestBody,
 )
 from localstability.service.billing import Billing
+from localstability.service.moderation import PromptScreen, output_filter
 from localstability.service.records import request_summary
 from localstability.service.tasks import TaskBuilder, Work
 from localstability.store.accounts import Principal
@@ -91,6 +92,8 @@ class GenerationService:
         self.store = store
         self.billing = billing
         self.tasks = TaskBuilder(settings)
+        self.prompts = PromptScreen(settings.safety)
+        self.content_filter = output_filter(settings.safety)
 
     def engines(self) -> list[EngineSpec]:
         """The engines this deployment serves, in catalogue order."""
@@ -115,6 +118,7 @@ class GenerationService:
         body: TextToImageRequestBody,
         delivery: Delivery,
     ) -> Outcome:
+        self.prompts.check(principal, body.text_prompts)
         work = await self.tasks.text_to_image(engine, body, delivery.png)
         return await self._generate(principal, engine, body, work, delivery)
 
@@ -126,6 +130,7 @@ class GenerationService:
         files: dict[str, bytes],
         delivery: Delivery,
     ) -> Outcome:
+        self.prompts.check(principal, body.text_prompts)
         work = await self.tasks.image_to_image(engine, body, files, delivery.png)
         return await self._generate(principal, engine, body, work, delivery)
 
@@ -137,6 +142,7 @@ class GenerationService:
         files: dict[str, bytes],
         delivery: Delivery,
     ) -> Outcome:
+        self.prompts.check(principal, body.text_prompts)
         work = await self.tasks.masking(engine, body, files, delivery.png)
         return await self._generate(principal, engine, body, work, delivery)
 
@@ -148,6 +154,7 @@ class GenerationService:
         files: dict[str, bytes],
         delivery: Delivery,
     ) -> Outcome:
+        self.prompts.check(principal, body.text_prompts)
         work = await self.tasks.upscale(engine, body, files, delivery.png)
         return await self._generate(principal, engine, body, work, delivery)
 
@@ -170,7 +177,7 @@ class GenerationService:
             user_id=principal.user_id,
             key_id=principal.key_id,
             engine_id=engine.id,
-            run=work.run,
+            run=replace(work.run, content_filter=self.content_filter),
             inputs=inputs,
             cost=work.cost,
             steps=work.steps,

@@ -41,6 +41,7 @@ class Principal:
     user_id: str
     organization_id: str
     key_id: int = 0
+    prompt_filter: str | None = None  # the organization's own prompt filter mode, if it has one
 
 
 @dataclass(frozen=True)
@@ -196,19 +197,23 @@ def authenticate(session: Session, key: str, organization_id: str | None) -> Pri
     now = utcnow()
     if match.last_used_at is None or now - match.last_used_at >= LAST_USED_RESOLUTION:
         match.last_used_at = now
-    memberships = session.scalars(
-        select(Membership).where(Membership.user_id == match.user_id)
+    memberships = session.execute(
+        select(Membership, Organization.prompt_filter)
+        .join(Organization, Membership.organization_id == Organization.id)
+        .where(Membership.user_id == match.user_id)
     ).all()
     if organization_id:
-        if not any(m.organization_id == organization_id for m in memberships):
+        chosen = next((m for m in memberships if m[0].organization_id == organization_id), None)
+        if chosen is None:
             raise errors.PermissionDenied("You do not have permission to access this resource")
-        return Principal(match.user_id, organization_id, match.id)
-    default = next((m for m in memberships if m.is_default), None) or (
-        memberships[0] if memberships else None
-    )
-    if default is None:
-        raise errors.PermissionDenied("this API key's user belongs to no organization")
-    return Principal(match.user_id, default.organization_id, match.id)
+    else:
+        chosen = next((m for m in memberships if m[0].is_default), None) or (
+            memberships[0] if memberships else None
+        )
+        if chosen is None:
+            raise errors.PermissionDenied("this API key's user belongs to no organization")
+    membership, prompt_filter = chosen
+    return Principal(match.user_id, membership.organization_id, match.id, prompt_filter)
 
 
 def get_user(session: Session, user_id: str) -> User:

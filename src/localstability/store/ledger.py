@@ -196,6 +196,7 @@ def finish(
     status: GenerationStatus,
     *,
     finish_reasons: list[str] | None = None,
+    content_filter: list[str | None] | None = None,
     error: str | None = None,
     error_name: str | None = None,
 ) -> int | None:
@@ -216,6 +217,7 @@ def finish(
             status=status,
             finished_at=utcnow(),
             finish_reasons=finish_reasons,
+            content_filter=content_filter,
             error=error[:2000] if error else None,
             error_name=error_name,
         )

@@ -82,6 +82,9 @@ class Organization(Base):
     # generations hold. Only the ledger functions change them, each with a ledger entry.
     balance: Mapped[int] = mapped_column(BigInteger, default=0)
     reserved: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The prompt filter for this organization's requests (off, warn, block); None: the
+    # deployment's (safety.prompt_filter).
+    prompt_filter: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     memberships: Mapped[list[Membership]] = relationship(back_populates="organization")
@@ -150,6 +153,9 @@ class Generation(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
     finish_reasons: Mapped[list[str] | None] = mapped_column(JsonType, nullable=True)
+    # What the output filter found in each image it blurred (None for the others); None when
+    # it blurred none.
+    content_filter: Mapped[list[str | None] | None] = mapped_column(JsonType, nullable=True)
     # How it failed: the error envelope's name (e.g. generation_interrupted) and message.
     error_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error: Mapped[str | None] = mapped_column(String(2000), nullable=True)

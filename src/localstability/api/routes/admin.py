@@ -16,6 +16,7 @@ from localstability import errors
 from localstability.api.deps import Context
 from localstability.jobs.base import ClusterInfo
 from localstability.protocol import AccountResponseBody, WireModel
+from localstability.safety.settings import PromptFilterMode
 from localstability.service.accounts import bearer_token
 from localstability.service.admin import (
     AdminService,
@@ -64,6 +65,13 @@ class NewOrganization(WireModel):
     credits: float = Field(0.0, ge=0, le=MAX_CREDITS)
 
 
+class OrganizationUpdate(WireModel):
+    prompt_filter: PromptFilterMode | None = Field(
+        description="The organization's own prompt filter: off, warn or block; null: the "
+        "deployment's (safety.prompt_filter)."
+    )
+
+
 class NewMember(WireModel):
     email: str
     role: str = "MEMBER"
@@ -106,6 +114,13 @@ def list_organizations(admin: Admin) -> list[OrganizationInfo]:
 @router.post("/organizations", status_code=201)
 def create_organization(admin: Admin, body: NewOrganization) -> OrganizationInfo:
     return admin.create_organization(body.name, body.credits)
+
+
+@router.patch("/organizations/{organization_id}")
+def update_organization(
+    admin: Admin, organization_id: str, body: OrganizationUpdate
+) -> OrganizationInfo:
+    return admin.set_prompt_filter(organization_id, body.prompt_filter)
 
 
 @router.post("/organizations/{organization_id}/members")
