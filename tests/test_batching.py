@@ -212,7 +212,7 @@ def test_a_batch_window_gathers_requests_that_arrive_close_together(
     """With batch_window_ms, a batch with room waits for more; engines whose
     batch_max_images is 1 (SDXL here) never batch."""
     deployment = start_deployment(
-        tiny_dir, tmp_path, "sqlite", request, LOCALSTABILITY_BATCH_WINDOW_MS="3000"
+        tiny_dir, tmp_path, "sqlite", request, LOCALSTABILITY_BATCH_WINDOW_MS="1500"
     )
     key = deployment.new_key("window@example.com", credits=50.0)
     answers: dict[str, httpx.Response] = {}

@@ -11,7 +11,7 @@ Invalid input runs through every phase (examples, coverage, fuzzing, stateful); 
 really runs the tiny models, made cheap by tests/fuzz_hooks.py, so in CI it skips the coverage
 phase (about a hundred valid generations: every sampler, style and preset). The budget:
 
-    LOCALSTABILITY_FUZZ=ci    (default) 10 examples per operation and phase, about 1-2 min
+    LOCALSTABILITY_FUZZ=ci    (default) 7 examples per operation and phase, about 1 min
     LOCALSTABILITY_FUZZ=full  100 examples, and the coverage phase for valid input too
 
 Runs are deterministic (`--generation-deterministic`): the same cases each time.
@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY, REPO, Deployment, assert_no_server_errors, start_deployment
 
-LEVELS = {"ci": 10, "full": 100}
+LEVELS = {"ci": 7, "full": 100}
 LEVEL = os.environ.get("LOCALSTABILITY_FUZZ", "ci")
 if LEVEL not in LEVELS:
     raise ValueError(f"LOCALSTABILITY_FUZZ must be one of {sorted(LEVELS)}, not {LEVEL!r}")

@@ -22,7 +22,7 @@ Then:
 
 Bounded in count and time, loopback only. The level (`LOCALSTABILITY_LOAD`):
 
-    ci     (default) 6 clients for 20 s, then the crash round; about 1.5-2 min
+    ci     (default) 6 clients for 14 s, then the crash round; about 1-1.5 min
     heavy  16 clients for 120 s, on SQLite and on PostgreSQL
 """
 
@@ -47,7 +47,7 @@ from tests.helpers import encode, sample_picture, t2i_body
 from tests.test_accounts_engines import assert_envelope
 from tests.test_masking import half_mask
 
-LEVELS = {"ci": (6, 20.0, ["sqlite"]), "heavy": (16, 120.0, ["sqlite", "postgresql"])}
+LEVELS = {"ci": (6, 14.0, ["sqlite"]), "heavy": (16, 120.0, ["sqlite", "postgresql"])}
 LEVEL = os.environ.get("LOCALSTABILITY_LOAD", "ci")
 if LEVEL not in LEVELS:
     raise ValueError(f"LOCALSTABILITY_LOAD must be one of {sorted(LEVELS)}, not {LEVEL!r}")
