@@ -286,6 +286,11 @@ class Settings(BaseSettings):
         "(family: sd1, sd2, sdxl...), read again at each request. Unset: data_dir/loras. Every "
         "machine of a deployment needs the same folder.",
     )
+    v2beta_engines: dict[str, str] = Field(
+        default_factory=dict,
+        description="Which engine serves a v2beta endpoint (core, ultra) or generate/sd3 model "
+        "(sd3.5-large, sd3.5-flash...), over the defaults (docs/api.md, v2beta).",
+    )
     safety: SafetySettings = Field(
         default_factory=SafetySettings, description="The prompt and output filters."
     )

@@ -23,6 +23,7 @@ from localstability.service.generation import GenerationService
 from localstability.service.health import HealthService
 from localstability.service.moderation import load_output_filter
 from localstability.service.ratelimit import Limiter, RateLimiter, RedisRateLimiter
+from localstability.service.stable_image import StableImageService
 from localstability.store.db import Database
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class AppContext:
     billing: Billing
     jobs: JobBackend
     health: HealthService
+    stable_image: StableImageService
 
 
 def artifact_store(settings: Settings) -> ArtifactStore:
@@ -120,6 +122,7 @@ def build_context(settings: Settings) -> tuple[AppContext, Database, InferenceWo
         billing=billing,
         jobs=jobs,
         health=HealthService(settings, database, jobs, generation.tasks),
+        stable_image=StableImageService(generation, settings.v2beta_engines),
     )
     return context, database, worker
 

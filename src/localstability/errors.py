@@ -34,6 +34,12 @@ class BadRequest(ApiError):
     status, name = 400, "bad_request"
 
 
+class PayloadTooLarge(ApiError):
+    """A request body over its API's limit (v2beta: 10 MiB)."""
+
+    status, name = 413, "payload_too_large"
+
+
 class InvalidSamples(BadRequest):
     name = "invalid_samples"
 

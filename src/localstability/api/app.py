@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from localstability import __version__, metrics
 from localstability.api.errors import install_error_handlers
-from localstability.api.routes import admin, engines, generation, health, jobs, page, user
+from localstability.api.routes import admin, engines, generation, health, jobs, page, user, v2beta
 from localstability.api.routes import metrics as metrics_route
 from localstability.context import AppContext
 from localstability.protocol import (
@@ -27,8 +27,17 @@ from localstability.protocol import (
     TextToImageRequestBody,
     UpscaleRequestBody,
 )
+from localstability.protocol_v2beta import (
+    ErrorBody,
+    GenerateRequest,
+    ImageBody,
+    Sd3Request,
+    UltraRequest,
+)
 
 log = logging.getLogger(__name__)
+
+V2BETA_MODELS = (GenerateRequest, UltraRequest, Sd3Request, ImageBody, ErrorBody)
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
@@ -70,15 +79,32 @@ def _error_statuses(path: str, method: str) -> tuple[str, ...]:
     return ACCOUNT_ERRORS if path == "/v1/user/account" else READ_ERRORS
 
 
+# v2beta's errors, in its own body (`ErrorBody`: {id, name, errors}).
+V2BETA_ERROR_STATUSES = {
+    "400": "bad_request: a field, the body's type, an image",
+    "401": "unauthorized: API key missing or invalid",
+    "402": "payment_required: too few credits",
+    "403": "content_moderation: the prompt filter refused a prompt (not charged); "
+    "permission_denied: not a member of the Organization given",
+    "409": "duplicate_generation_id: a Generation-Id in use (extension)",
+    "413": "payload_too_large: a body over 10 MiB",
+    "429": "rate_limit_exceeded",
+    "500": "internal_error",
+    "503": "engine_unavailable (the endpoint's engine is not served), queue_full, "
+    "shutting_down (extension)",
+}
+
+
 def _document_errors(schema: dict[str, Any]) -> None:
-    envelope = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     for path, operations in schema.get("paths", {}).items():
+        v2beta = path.startswith("/v2beta/")
+        body = "ErrorBody" if v2beta else "Error"
+        envelope = {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}
+        texts = V2BETA_ERROR_STATUSES if v2beta else ERROR_STATUSES
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
-            for status in _error_statuses(path, method):
-                responses.setdefault(
-                    status, {"description": ERROR_STATUSES[status], "content": envelope}
-                )
+            for status in tuple(texts) if v2beta else _error_statuses(path, method):
+                responses.setdefault(status, {"description": texts[status], "content": envelope})
 
 
 def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
@@ -100,6 +126,7 @@ def _openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
             UpscaleRequestBody,
             GenerationResponse,
             Error,
+            *V2BETA_MODELS,
         ):
             model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(model_schema.pop("$defs", {}))
@@ -199,7 +226,10 @@ def rest_app(context: AppContext, lifespan: Lifespan) -> FastAPI:
     )
     app.state.context = context
     install_error_handlers(app)
-    routers = (engines.router, user.router, generation.router, jobs.router, admin.router)
+    routers = (
+        *(engines.router, user.router, generation.router, jobs.router, admin.router),
+        v2beta.router,
+    )
     # The last three (health, metrics, the playground page): not in the OpenAPI document.
     for router in (*routers, health.router, metrics_route.router, page.router):
         app.include_router(router)

@@ -117,9 +117,10 @@ class GenerationService:
         engine: EngineSpec,
         body: TextToImageRequestBody,
         delivery: Delivery,
+        server_sized: bool = False,
     ) -> Outcome:
         self.prompts.check(principal, body.text_prompts)
-        work = await self.tasks.text_to_image(engine, body, delivery.png)
+        work = await self.tasks.text_to_image(engine, body, delivery.png, server_sized)
         return await self._generate(principal, engine, body, work, delivery)
 
     async def image_to_image(
@@ -129,9 +130,10 @@ class GenerationService:
         body: ImageToImageRequestBody,
         files: dict[str, bytes],
         delivery: Delivery,
+        server_sized: bool = False,
     ) -> Outcome:
         self.prompts.check(principal, body.text_prompts)
-        work = await self.tasks.image_to_image(engine, body, files, delivery.png)
+        work = await self.tasks.image_to_image(engine, body, files, delivery.png, server_sized)
         return await self._generate(principal, engine, body, work, delivery)
 
     async def masking(

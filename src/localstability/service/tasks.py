@@ -261,14 +261,21 @@ class TaskBuilder:
         return run, cost
 
     async def text_to_image(
-        self, engine: EngineSpec, body: TextToImageRequestBody, png_response: bool
+        self,
+        engine: EngineSpec,
+        body: TextToImageRequestBody,
+        png_response: bool,
+        server_sized: bool = False,
     ) -> Work:
+        """`server_sized`: the size comes from the server's own table (v2beta's aspect
+        ratios), not from the client, so the engine's v1 size rules don't judge it."""
         body = engine_defaults(engine, body)
         # An omitted size takes the engine's default (1024x1024 on SDXL 1.0, else 512x512).
         prompts = self._common(engine, body, body.text_prompts, png_response)
         width = body.width if "width" in body.model_fields_set else engine.default_width
         height = body.height if "height" in body.model_fields_set else engine.default_height
-        engine.check_size(width, height)
+        if not server_sized:
+            engine.check_size(width, height)
         run, cost = self._diffusion(engine, Task.TEXT_TO_IMAGE, body, prompts, (width, height))
         return Work(run, {}, cost, body.steps)
 
@@ -278,11 +285,14 @@ class TaskBuilder:
         body: ImageToImageRequestBody,
         files: dict[str, bytes],
         png_response: bool,
+        server_sized: bool = False,
     ) -> Work:
-        """The output takes the init image's size, under the engine's rules."""
+        """The output takes the init image's size, under the engine's rules (unless the
+        server chose that size: `server_sized`)."""
         body = engine_defaults(engine, body)
         init_image = await self._decode(files, INIT_IMAGE)
-        engine.check_size(*init_image.size)
+        if not server_sized:
+            engine.check_size(*init_image.size)
         prompts = self._common(engine, body, body.text_prompts, png_response)
         if body.init_image_mode == InitImageMode.IMAGE_STRENGTH:
             strength, skip_end = 1.0 - body.image_strength, 0.0
