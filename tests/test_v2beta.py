@@ -1,5 +1,5 @@
-"""The v2beta Stable Image API's generate endpoints through HTTP, on the tiny models
-(stability-v2beta.md): multipart in, the image or JSON out, v2beta's error body.
+"""The v2beta Stable Image API's generate and upscale/fast endpoints through HTTP, on the tiny
+models (stability-v2beta.md): multipart in, the image or JSON out, v2beta's error body.
 
 generate/sd3 runs the tiny SD 3.5 pipelines, generate/core the tiny SDXL at Core's sizes,
 generate/ultra the tiny SD 3.5 Large (docs/api.md says which open model serves what).
@@ -19,7 +19,7 @@ from tests.conftest import Server
 from tests.helpers import encode, png_image, sample_picture
 from tests.test_jobs import balance
 
-V2 = "/v2beta/stable-image/generate"
+V2 = "/v2beta/stable-image"
 NONE_PART = {"none": ("", b"")}  # what the official Python samples send to force multipart
 
 
@@ -59,21 +59,23 @@ def test_sd3_answers_the_image_or_json_at_the_aspect_ratios_size(server: Server)
             "seed": "77",
             "style": "ignored",  # an unknown field, as Stability's ComfyUI node sends
         }
-        image = post(client, "sd3", **bare)(**fields)
+        image = post(client, "generate/sd3", **bare)(**fields)
         assert image.status_code == 200, image.text
         assert image.headers["content-type"] == "image/png"
         assert image.headers["finish-reason"] == "SUCCESS" and image.headers["seed"] == "77"
         assert png_image(image.content).size == (1344, 768)
         generation_id = image.headers["x-request-id"]
 
-        as_json = post(client, "sd3", **bare, accept="application/json; type=image/png")(**fields)
+        as_json = post(client, "generate/sd3", **bare, accept="application/json; type=image/png")(
+            **fields
+        )
         assert as_json.headers["content-type"] == "application/json; type=image/png"
         body = as_json.json()
         assert set(body) == {"image", "seed", "finish_reason"}
         assert (body["seed"], body["finish_reason"]) == (77, "SUCCESS")
         assert base64.b64decode(body["image"]) == image.content  # the same generation
 
-        webp = post(client, "sd3", **bare)(
+        webp = post(client, "generate/sd3", **bare)(
             prompt="a lighthouse", model="sd3-medium", output_format="webp", seed="5"
         )
         assert webp.headers["content-type"] == "image/webp"
@@ -87,7 +89,7 @@ def test_sd3_answers_the_image_or_json_at_the_aspect_ratios_size(server: Server)
 
 
 def test_core_is_sdxl_at_cores_sizes(client: httpx.Client) -> None:
-    jpeg = post(client, "core")(prompt="a red barn", output_format="jpeg", seed="3")
+    jpeg = post(client, "generate/core")(prompt="a red barn", output_format="jpeg", seed="3")
     assert jpeg.status_code == 200, jpeg.text
     assert jpeg.headers["content-type"] == "image/jpeg"
     assert opened(jpeg.content).size == (1536, 1536)
@@ -95,42 +97,46 @@ def test_core_is_sdxl_at_cores_sizes(client: httpx.Client) -> None:
 
 def test_ultra_image_to_image_answers_one_megapixel(client: httpx.Client) -> None:
     picture = {"image": ("p.png", encode(sample_picture(768, 512)))}
-    missing = post(client, "ultra", files=picture)(prompt="a garden")
+    missing = post(client, "generate/ultra", files=picture)(prompt="a garden")
     assert v2_error(missing, 400, "bad_request") == ["strength: required with an image"]
-    answer = post(client, "ultra", files=picture)(prompt="a garden", strength="0.6", seed="9")
+    answer = post(client, "generate/ultra", files=picture)(
+        prompt="a garden", strength="0.6", seed="9"
+    )
     assert answer.status_code == 200, answer.text
     assert png_image(answer.content).size == (1216, 832)  # 3:2, the input's ratio, at 1 MP
 
 
 def test_errors_come_in_the_v2beta_body(server: Server, client: httpx.Client) -> None:
-    as_json = client.post(f"{V2}/sd3", json={"prompt": "a cat"})
+    as_json = client.post(f"{V2}/generate/sd3", json={"prompt": "a cat"})
     assert v2_error(as_json, 400, "bad_request") == ["content-type: must be multipart/form-data"]
     with httpx.Client(base_url=server.base_url, timeout=60) as anonymous:
         bad_key = {"authorization": "Bearer sk-not-a-key"}
         # Validation before authentication, as the hosted API answers.
-        invalid = post(anonymous, "sd3", **bad_key)(prompt="")
+        invalid = post(anonymous, "generate/sd3", **bad_key)(prompt="")
         assert v2_error(invalid, 400, "bad_request")[0].startswith("prompt: ")
-        v2_error(post(anonymous, "sd3", **bad_key)(prompt="a cat"), 401, "unauthorized")
+        v2_error(post(anonymous, "generate/sd3", **bad_key)(prompt="a cat"), 401, "unauthorized")
     before = balance(client)
-    model = v2_error(post(client, "sd3")(prompt="a cat", model="sd4"), 400, "bad_request")
+    model = v2_error(post(client, "generate/sd3")(prompt="a cat", model="sd4"), 400, "bad_request")
     assert "sd3.5-large" in model[0] and "sd3.5-flash" in model[0]
-    v2_error(post(client, "sd3")(prompt="a cat", seed="4294967295"), 400, "bad_request")
-    no_image = post(client, "sd3")(prompt="a cat", mode="image-to-image", strength="0.5")
+    v2_error(post(client, "generate/sd3")(prompt="a cat", seed="4294967295"), 400, "bad_request")
+    no_image = post(client, "generate/sd3")(prompt="a cat", mode="image-to-image", strength="0.5")
     assert v2_error(no_image, 400, "bad_request") == ["image: required for mode image-to-image"]
     tiny = {"image": ("t.png", encode(sample_picture(32, 32)))}
-    small = post(client, "ultra", files=tiny)(prompt="a cat", strength="0.5")
+    small = post(client, "generate/ultra", files=tiny)(prompt="a cat", strength="0.5")
     assert v2_error(small, 400, "bad_request") == ["image: every side must be at least 64 pixels"]
     # The prompt filter (on in the test deployments): v2beta's 403, not charged.
-    moderated = v2_error(post(client, "core")(prompt="a nude study"), 403, "content_moderation")
+    moderated = v2_error(
+        post(client, "generate/core")(prompt="a nude study"), 403, "content_moderation"
+    )
     assert moderated[0].startswith("Your request was flagged by our content moderation system")
     huge = {"image": ("h.png", b"\x89PNG" + b"\0" * (10 * 1024 * 1024))}
-    v2_error(post(client, "ultra", files=huge)(prompt="a cat"), 413, "payload_too_large")
+    v2_error(post(client, "generate/ultra", files=huge)(prompt="a cat"), 413, "payload_too_large")
     assert balance(client) == before
 
 
 def test_the_openapi_document_has_the_v2beta_operations(client: httpx.Client) -> None:
     document = client.get("/openapi.json").json()
-    for route in ("ultra", "core", "sd3"):
+    for route in ("generate/ultra", "generate/core", "generate/sd3", "upscale/fast"):
         operation = document["paths"][f"{V2}/{route}"]["post"]
         assert "multipart/form-data" in operation["requestBody"]["content"]
         error = operation["responses"]["403"]["content"]["application/json"]["schema"]
@@ -141,5 +147,17 @@ def test_the_openapi_document_has_the_v2beta_operations(client: httpx.Client) ->
 
 @pytest.mark.parametrize("accept", ["image/*", "*/*"])
 def test_any_image_accept_gives_bytes(client: httpx.Client, accept: str) -> None:
-    answer = post(client, "sd3", accept=accept)(prompt="a hill", model="sd3.5-large-turbo")
+    answer = post(client, "generate/sd3", accept=accept)(prompt="a hill", model="sd3.5-large-turbo")
     assert answer.status_code == 200 and answer.headers["content-type"] == "image/png"
+
+
+def test_upscale_fast_is_four_times_the_input(client: httpx.Client) -> None:
+    picture = {"image": ("p.png", encode(sample_picture(96, 64)))}
+    answer = post(client, "upscale/fast", files=picture)(output_format="webp")
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"] == "image/webp"
+    assert opened(answer.content).size == (384, 256)
+    assert v2_error(post(client, "upscale/fast")(), 400, "bad_request") == ["image: required"]
+    narrow = {"image": ("n.png", encode(sample_picture(2048, 32)))}
+    message = v2_error(post(client, "upscale/fast", files=narrow)(), 400, "bad_request")
+    assert message == ["image: width and height must be between 32 and 1536"]

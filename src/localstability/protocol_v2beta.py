@@ -102,6 +102,13 @@ class Sd3Request(UltraRequest):
     )
 
 
+class UpscaleFastRequest(WireModel):
+    """upscale/fast: the `image` part (4x; sides 32-1,536, 1,024-1,048,576 pixels) and the
+    answer's format."""
+
+    output_format: OutputFormat = OutputFormat.PNG
+
+
 class ImageBody(WireModel):
     """The JSON answer of a finished generation (Accept: application/json)."""
 

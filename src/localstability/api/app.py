@@ -33,11 +33,19 @@ from localstability.protocol_v2beta import (
     ImageBody,
     Sd3Request,
     UltraRequest,
+    UpscaleFastRequest,
 )
 
 log = logging.getLogger(__name__)
 
-V2BETA_MODELS = (GenerateRequest, UltraRequest, Sd3Request, ImageBody, ErrorBody)
+V2BETA_MODELS = (
+    GenerateRequest,
+    UltraRequest,
+    Sd3Request,
+    UpscaleFastRequest,
+    ImageBody,
+    ErrorBody,
+)
 
 Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 

@@ -155,9 +155,10 @@ class GenerationService:
         body: UpscaleRequestBody,
         files: dict[str, bytes],
         delivery: Delivery,
+        factor: int | None = None,
     ) -> Outcome:
         self.prompts.check(principal, body.text_prompts)
-        work = await self.tasks.upscale(engine, body, files, delivery.png)
+        work = await self.tasks.upscale(engine, body, files, delivery.png, factor)
         return await self._generate(principal, engine, body, work, delivery)
 
     async def _generate(

@@ -1,4 +1,4 @@
-"""The v2beta Stable Image use cases on our engines (generate/ultra, core and sd3).
+"""The v2beta Stable Image use cases on our engines (generate/ultra, core, sd3; upscale/fast).
 
 v2beta names endpoints and models, not engines: each maps to one of the deployment's engines
 (`ROUTE_ENGINES`, which the `[v2beta_engines]` table overrides), and the answer's size comes from
@@ -28,6 +28,7 @@ from localstability.protocol import (
     InitImageMode,
     TextPrompt,
     TextToImageRequestBody,
+    UpscaleRequestBody,
 )
 from localstability.protocol_v2beta import (
     SIZES_1MP,
@@ -45,6 +46,7 @@ from localstability.store.accounts import Principal
 
 # Which engine serves each endpoint (core, ultra) and each generate/sd3 model, by default.
 ROUTE_ENGINES: dict[str, str] = {
+    "fast": "esrgan-v1-x2plus",  # Real-ESRGAN (offline: x4plus from a PyPI package)
     "core": "stable-diffusion-xl-1024-v1-0",  # no open Core: SDXL 1.0 at Core's sizes
     "ultra": "stable-diffusion-3-5-large",  # no open Ultra: SD 3.5 Large
     Sd3Model.SD35_LARGE: "stable-diffusion-3-5-large",
@@ -59,6 +61,8 @@ ROUTE_ENGINES: dict[str, str] = {
 # few-step models.
 FEW_STEP_MODELS = {Sd3Model.SD35_LARGE_TURBO, Sd3Model.SD35_FLASH, Sd3Model.SD3_LARGE_TURBO}
 MIN_SIDE = 64
+# upscale/fast's input: sides and pixel count; the answer is 4x.
+FAST_SIDES, FAST_PIXELS, FAST_FACTOR = (32, 1536), (1024, 1_048_576), 4
 
 
 Sizes = dict[AspectRatio, tuple[int, int]]
@@ -145,6 +149,31 @@ class StableImageService:
         return await self.generation.image_to_image(
             principal, engine, body_i2i, {"init_image": init}, delivery, server_sized=True
         )
+
+    async def upscale_fast(
+        self, principal: Principal, image: bytes, delivery: Delivery, max_pixels: int
+    ) -> Outcome:
+        """upscale/fast: Real-ESRGAN, 4x the input."""
+        engine = self.engine("fast", Task.UPSCALE)
+        checked = await asyncio.to_thread(_fast_input, image, max_pixels)
+        return await self.generation.upscale(
+            principal, engine, UpscaleRequestBody(), {"image": checked}, delivery, FAST_FACTOR
+        )
+
+
+def _fast_input(data: bytes, max_pixels: int) -> bytes:
+    """upscale/fast's image, checked against its limits, as PNG."""
+    image = decode_upload(data, "image", max_pixels)
+    (low, high), pixels = FAST_SIDES, image.size[0] * image.size[1]
+    if not (low <= min(image.size) and max(image.size) <= high):
+        raise errors.BadRequest(f"image: width and height must be between {low} and {high}")
+    if not FAST_PIXELS[0] <= pixels <= FAST_PIXELS[1]:
+        raise errors.BadRequest(
+            f"image: {FAST_PIXELS[0]:,} to {FAST_PIXELS[1]:,} pixels, not {pixels:,}"
+        )
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _fitted(data: bytes, max_pixels: int, table: Sizes) -> bytes:

@@ -368,10 +368,16 @@ class TaskBuilder:
         body: UpscaleRequestBody,
         files: dict[str, bytes],
         png_response: bool,
+        factor: int | None = None,
     ) -> Work:
-        """Twice the input by default, or to the given width or height (aspect kept)."""
+        """Twice the input by default, or to the given width or height (aspect kept); or
+        `factor` times the input, a size the server chose (v2beta's upscale/fast: 4x, past v1's
+        pixel cap)."""
         image = await self._decode(files, IMAGE)
-        width, height = upscale_size(*image.size, body.width, body.height)
+        if factor is None:
+            width, height = upscale_size(*image.size, body.width, body.height)
+        else:
+            width, height = image.size[0] * factor, image.size[1] * factor
         seed = sample_seeds(body.seed, 1)[0]
         params: dict[str, Any] = {"width": width, "height": height, "seed": seed}
         source = weight_source(self.settings, engine)

@@ -1,4 +1,4 @@
-"""POST /v2beta/stable-image/generate/ultra, core and sd3: the v2beta front door.
+"""POST /v2beta/stable-image/generate/ultra, core, sd3 and upscale/fast: the v2beta front door.
 
 What it translates (stability-v2beta.md sections 1, 4 and 6): a multipart body only (anything
 else is `400 content-type: must be multipart/form-data`), at most 10 MiB (`413
@@ -32,6 +32,7 @@ from localstability.protocol_v2beta import (
     OutputFormat,
     Sd3Request,
     UltraRequest,
+    UpscaleFastRequest,
     V2betaFinishReason,
 )
 from localstability.service.generation import Outcome
@@ -111,9 +112,12 @@ def image_response(outcome: Outcome, output_format: OutputFormat, as_json: bool)
     return Response(data, media_type=f"image/{output_format.value}", headers=headers)
 
 
+Body = GenerateRequest | UpscaleFastRequest
+
+
 async def _generate(
     route: str,
-    model: type[GenerateRequest],
+    model: type[Body],
     request: Request,
     context: Context,
     authorization: str | None,
@@ -122,15 +126,18 @@ async def _generate(
 ) -> Response:
     texts, files = await read_form(request)
     body = model.model_validate(texts)  # 400 before 401, as the hosted API answers
+    image = files.get("image")
+    if isinstance(body, UpscaleFastRequest) and image is None:
+        raise errors.BadRequest("image: required")
     principal = authenticate(request, context, authorization, organization)
-    outcome = await context.stable_image.generate(
-        principal,
-        route,
-        body,
-        files.get("image"),
-        delivery(request, png=True),
-        context.settings.max_upload_pixels,
-    )
+    how, max_pixels = delivery(request, png=True), context.settings.max_upload_pixels
+    service = context.stable_image
+    if isinstance(body, UpscaleFastRequest):
+        assert image is not None
+        outcome = await service.upscale_fast(principal, image, how, max_pixels)
+    else:
+        assert isinstance(body, GenerateRequest)
+        outcome = await service.generate(principal, route, body, image, how, max_pixels)
     return image_response(outcome, body.output_format, wants_json(accept))
 
 
@@ -157,8 +164,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 Optional = Annotated[str | None, Header()]
 
 
-def _endpoint(route: str, model: type[GenerateRequest], summary: str) -> None:
-    """POST /v2beta/stable-image/generate/<route>, its body `model`."""
+def _endpoint(path: str, model: type[Body], summary: str) -> None:
+    """POST /v2beta/stable-image/<path>, its body `model`."""
+    route = path.rsplit("/", 1)[-1]
 
     async def generate(
         request: Request,
@@ -170,12 +178,12 @@ def _endpoint(route: str, model: type[GenerateRequest], summary: str) -> None:
         args = (request, context, authorization, organization, accept)
         return await _generate(route, model, *args)
 
-    files = FILE_FIELDS if model is not GenerateRequest else ()
+    files = () if model is GenerateRequest else FILE_FIELDS  # core takes no image
     router.add_api_route(
-        f"/generate/{route}",
+        f"/{path}",
         generate,
         methods=["POST"],
-        name=f"generate_{route}",
+        name=path.replace("/", "_"),
         summary=summary,
         response_class=Response,
         responses=RESPONSES,
@@ -184,13 +192,16 @@ def _endpoint(route: str, model: type[GenerateRequest], summary: str) -> None:
 
 
 _endpoint(
-    "ultra",
+    "generate/ultra",
     UltraRequest,
     "Ultra: served by SD 3.5 Large (no open Ultra); with image and strength, image-to-image",
 )
-_endpoint("core", GenerateRequest, "Core: served by SDXL 1.0 at Core's sizes (no open Core)")
 _endpoint(
-    "sd3",
+    "generate/core", GenerateRequest, "Core: served by SDXL 1.0 at Core's sizes (no open Core)"
+)
+_endpoint(
+    "generate/sd3",
     Sd3Request,
     "Stable Diffusion 3.5 (Large, Large Turbo, Medium; Flash and the sd3-* names mapped)",
 )
+_endpoint("upscale/fast", UpscaleFastRequest, "Fast upscale: Real-ESRGAN, 4x the input")
