@@ -14,6 +14,11 @@ from localstability import errors
 Refusal = Callable[[int | None], errors.ApiError]
 
 
+def media_type(request: Request, default: str = "") -> str:
+    """The request's Content-Type without its parameters, lower case (`default` if absent)."""
+    return request.headers.get("content-type", default).split(";")[0].strip().lower()
+
+
 def limited(request: Request, limit: int, refusal: Refusal) -> Request:
     """`request` whose body may be at most `limit` bytes.
 

@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Request
 from pydantic import BaseModel
 
 from localstability import errors
-from localstability.api.body import limited
+from localstability.api.body import limited, media_type
 from localstability.context import AppContext
 from localstability.store.accounts import Principal
 
@@ -88,11 +88,10 @@ def _json_body_too_large(_declared: int | None) -> errors.BadRequest:
 
 async def parse_json_body(request: Request, model: type[ModelT]) -> ModelT:
     """The body as `model`, read after authentication so a bad key is told first."""
-    content_type = request.headers.get("content-type", "application/json")
-    media_type = content_type.split(";")[0].strip().lower()
-    if media_type != "application/json":
+    media = media_type(request, "application/json")
+    if media != "application/json":
         raise errors.BadRequest(
-            f"Content-Type must be application/json for this endpoint, not {media_type!r}"
+            f"Content-Type must be application/json for this endpoint, not {media!r}"
         )
     raw = await limited(request, MAX_JSON_BODY_BYTES, _json_body_too_large).body()
     try:

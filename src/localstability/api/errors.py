@@ -62,7 +62,8 @@ def _error(
 V2BETA_PREFIX = "/v2beta/"
 # v1's names as the v2beta wire names them (stability-v2beta.md section 6): (status, name, the
 # hosted message or None for ours). Any other 400 is bad_request (v1's invalid_height_or_width
-# and the like); other statuses keep their names (queue_full, engine_unavailable...).
+# and the like); other statuses keep their names (unauthorized, not_found, payload_too_large,
+# queue_full, engine_unavailable...).
 _V2BETA: dict[str, tuple[int, str, str | None]] = {
     "invalid_prompts": (
         403,
@@ -73,13 +74,7 @@ _V2BETA: dict[str, tuple[int, str, str | None]] = {
     "insufficient_balance": (402, "payment_required", None),
     "rate_limited": (429, "rate_limit_exceeded", None),
     "too_many_jobs": (429, "rate_limit_exceeded", None),
-    "payload_too_large": (413, "payload_too_large", None),
     "invalid_file_size": (413, "payload_too_large", None),
-    "unauthorized": (401, "unauthorized", None),
-    "permission_denied": (403, "permission_denied", None),
-    "not_found": (404, "not_found", None),
-    "method_not_allowed": (405, "method_not_allowed", None),
-    "generation_not_found": (404, "generation_not_found", None),
     "server_error": (
         500,
         "internal_error",

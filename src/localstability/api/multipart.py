@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from localstability import errors
-from localstability.api.body import limited
+from localstability.api.body import limited, media_type
 from localstability.service.images import check_file_size
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -67,11 +67,11 @@ async def read_multipart(
     request: Request, file_fields: tuple[str, ...], max_file_bytes: int
 ) -> MultipartBody:
     """Read a multipart/form-data body; file parts over `max_file_bytes` are refused."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "multipart/form-data":
+    media = media_type(request)
+    if media != "multipart/form-data":
         raise errors.BadRequest(
             "Content-Type must be multipart/form-data for this endpoint, "
-            f"not {media_type or 'missing'!r}"
+            f"not {media or 'missing'!r}"
         )
     body_limit = len(file_fields) * max_file_bytes + 1024 * 1024
 

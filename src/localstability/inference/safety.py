@@ -192,8 +192,9 @@ def screen(
     started = time.perf_counter()
     screened = []
     for generated, scores in zip(images, found.scores([g.image for g in images]), strict=True):
-        hits = {label: s for label, s in scores.items() if label in spec.labels}
-        hits = {label: s for label, s in hits.items() if s >= spec.threshold}
+        hits = {
+            label: s for label, s in scores.items() if label in spec.labels and s >= spec.threshold
+        }
         if not hits:
             screened.append(generated)
             continue

@@ -16,13 +16,13 @@ is v1's `1 - image_strength`.
 from __future__ import annotations
 
 import asyncio
-import io
 from typing import Any
 
 from PIL import Image as PILImage
 
 from localstability import errors
 from localstability.engines import EngineSpec, Task
+from localstability.inference.tasks import png
 from localstability.protocol import (
     ImageToImageRequestBody,
     InitImageMode,
@@ -155,14 +155,14 @@ class StableImageService:
     ) -> Outcome:
         """upscale/fast: Real-ESRGAN, 4x the input."""
         engine = self.engine("fast", Task.UPSCALE)
-        checked = await asyncio.to_thread(_fast_input, image, max_pixels)
+        await asyncio.to_thread(_check_fast_input, image, max_pixels)
         return await self.generation.upscale(
-            principal, engine, UpscaleRequestBody(), {"image": checked}, delivery, FAST_FACTOR
+            principal, engine, UpscaleRequestBody(), {"image": image}, delivery, FAST_FACTOR
         )
 
 
-def _fast_input(data: bytes, max_pixels: int) -> bytes:
-    """upscale/fast's image, checked against its limits, as PNG."""
+def _check_fast_input(data: bytes, max_pixels: int) -> None:
+    """upscale/fast's image checked against its limits (the upscale reads the bytes as sent)."""
     image = decode_upload(data, "image", max_pixels)
     (low, high), pixels = FAST_SIDES, image.size[0] * image.size[1]
     if not (low <= min(image.size) and max(image.size) <= high):
@@ -171,9 +171,6 @@ def _fast_input(data: bytes, max_pixels: int) -> bytes:
         raise errors.BadRequest(
             f"image: {FAST_PIXELS[0]:,} to {FAST_PIXELS[1]:,} pixels, not {pixels:,}"
         )
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def _fitted(data: bytes, max_pixels: int, table: Sizes) -> bytes:
@@ -185,6 +182,4 @@ def _fitted(data: bytes, max_pixels: int, table: Sizes) -> bytes:
     fitted = image.convert("RGB").resize(
         nearest_size(image.size, table), PILImage.Resampling.LANCZOS
     )
-    buffer = io.BytesIO()
-    fitted.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return png(fitted)

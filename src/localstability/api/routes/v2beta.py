@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from localstability import errors
-from localstability.api.body import limited
+from localstability.api.body import limited, media_type
 from localstability.api.deps import Context, authenticate
 from localstability.api.errors import GENERATION_ID
 from localstability.api.routes.generation import delivery
@@ -46,8 +46,7 @@ _MAX_FIELDS = 100
 
 async def read_form(request: Request) -> tuple[dict[str, str], dict[str, bytes]]:
     """The text fields and the known file parts of a v2beta multipart body."""
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type != "multipart/form-data":
+    if media_type(request) != "multipart/form-data":
         raise errors.BadRequest("content-type: must be multipart/form-data")
 
     def too_large(_declared: int | None) -> errors.ApiError:
