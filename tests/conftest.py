@@ -292,6 +292,30 @@ def mcp_deployment(
 
 
 @pytest.fixture(scope="session")
+def operator(
+    request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Deployment:
+    """A deployment with the operator's own prompt filter: no shipped list, a word, a file of
+    phrases and a classifier of its own; and a v2beta model mapped to an engine it lacks."""
+    directory = tmp_path_factory.mktemp("operator")
+    words = directory / "words.txt"
+    words.write_text("# the operator's phrases\nsea serpent\n")
+    return start_deployment(
+        tiny_dir,
+        directory,
+        "sqlite",
+        request,
+        PYTHONPATH=str(REPO),  # the classifier lives in tests/safety_hook.py
+        LOCALSTABILITY_SAFETY__PROMPT_WORDS_BUILTIN="false",
+        LOCALSTABILITY_SAFETY__PROMPT_WORDS='["kraken"]',
+        LOCALSTABILITY_SAFETY__PROMPT_WORDS_FILE=str(words),
+        LOCALSTABILITY_SAFETY__PROMPT_CLASSIFIER="tests.safety_hook:shouting",
+        LOCALSTABILITY_SAFETY__PROMPT_CLASSIFIER_THRESHOLD="0.8",
+        LOCALSTABILITY_V2BETA_ENGINES='{"sd3.5-flash": "no-such-engine"}',
+    )
+
+
+@pytest.fixture(scope="session")
 def sqlite_deployment(
     request: pytest.FixtureRequest, tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Deployment:

@@ -19,10 +19,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from localstability.inference.diffusion import GeneratedImage
 from localstability.inference.safety import NudeNet, OutputFilter, screen
-from localstability.safety.settings import OutputClassifier
+from localstability.safety.settings import OutputClassifier, SafetySettings
 from localstability.safety.words import DenyList, canonical_tokens, deny_list
 from tests.conftest import ADMIN_KEY, Deployment, log_records, start_deployment
 from tests.helpers import artifact_image, encode, png_image, sample_picture, skimage_photo
@@ -75,6 +76,13 @@ def test_the_word_list_matches_whole_words_through_disguises() -> None:
     assert own.find("a RED  panda!") == "red panda" and own.find("a red fox") is None
     assert own.find("krakens") == "kraken"
     assert canonical_tokens("L1ke th1s") == ["iike", "this"]
+
+
+def test_an_unknown_output_label_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match="FACE is not a label of nudenet"):
+        SafetySettings(output_filter=OutputClassifier.NUDENET, output_labels=["FACE"])
+    checker = SafetySettings(output_filter=OutputClassifier.SAFETY_CHECKER)
+    assert checker.labels() == ("nsfw",)
 
 
 # -- the prompt filter -------------------------------------------------------------------------
@@ -155,6 +163,19 @@ def test_mcp_tools_refuse_blocked_prompts(mcp_deployment: Deployment) -> None:
 
     for result in asyncio.run(scenario()):
         assert envelope(result, "invalid_prompts")["message"] == HOSTED_MESSAGE
+
+
+def test_the_operator_replaces_the_list_and_adds_a_classifier(operator: Deployment) -> None:
+    with operator.server.client() as client:
+        for text in ("a KRAKEN", "two sea serpents", "A LOUD RED CIRCLE"):
+            blocked = client.post(SHAPES, json={"text_prompts": [{"text": text}]})
+            assert assert_envelope(blocked, 400, "invalid_prompts")["message"] == HOSTED_MESSAGE
+        # The shipped list is off; a few capitals are under the classifier's threshold.
+        for text in ("a nude study", "a Red Circle"):
+            passed = client.post(SHAPES, json={"text_prompts": [{"text": text}]})
+            assert passed.status_code == 200, passed.text
+    logged = [r for r in log_records(operator.server) if r.get("message") == "prompt filtered"]
+    assert [r["match"] for r in logged] == ["kraken", "sea serpent", "(prompt_classifier)"]
 
 
 # -- the output filter -------------------------------------------------------------------------

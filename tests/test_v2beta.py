@@ -15,7 +15,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import Server
+from tests.conftest import Deployment, Server
 from tests.helpers import encode, png_image, sample_picture
 from tests.test_jobs import balance
 
@@ -161,3 +161,12 @@ def test_upscale_fast_is_four_times_the_input(client: httpx.Client) -> None:
     narrow = {"image": ("n.png", encode(sample_picture(2048, 32)))}
     message = v2_error(post(client, "upscale/fast", files=narrow)(), 400, "bad_request")
     assert message == ["image: width and height must be between 32 and 1536"]
+
+
+def test_a_model_mapped_to_an_engine_not_served_says_how(operator: Deployment) -> None:
+    """[v2beta_engines] maps sd3.5-flash to an engine the deployment lacks."""
+    with operator.server.client() as client:
+        answer = post(client, "generate/sd3")(prompt="a cat", model="sd3.5-flash")
+    [message] = v2_error(answer, 503, "engine_unavailable")
+    assert message.startswith("sd3.5-flash: its engine no-such-engine is not served here")
+    assert "[v2beta_engines]" in message
